@@ -1,0 +1,1 @@
+"""lienthong: a connector hub for provincial e-government data exchange (LGSP/NDXP style)."""

@@ -1,0 +1,25 @@
+"""Airflow connections as the one place where endpoints and credentials live."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The connection ids of the dossier route. In the embedded default the sandbox provides them as
+# AIRFLOW_CONN_* environment variables; in production they come from Airflow's secrets backend.
+DOSSIER_DB = "lienthong_dossier_db"
+POPULATION = "lienthong_population"
+PORTAL = "lienthong_portal"
+
+
+def get_connection(conn_id: str) -> Any:
+    """Airflow's own lookup (env vars, secrets backend, metadata DB), in and outside tasks."""
+    from airflow.sdk import BaseHook
+
+    return BaseHook.get_connection(conn_id)
+
+
+def base_url(conn: Any) -> str:
+    """``scheme://host:port`` of an HTTP-based connection; ``schema`` holds the scheme."""
+    scheme = conn.schema or "http"
+    port = f":{conn.port}" if conn.port else ""
+    return f"{scheme}://{conn.host}{port}"

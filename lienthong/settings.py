@@ -1,0 +1,57 @@
+"""Where lienthong keeps its files and state, read once from the environment.
+
+Everything a run writes lives under one data folder (``LIENTHONG_HOME``, default ``.lienthong/``
+in the project) so that a deployment can back it up, wipe it, or point it at shared storage as
+one unit. The state database defaults to SQLite there; production sets ``LIENTHONG_STATE_DB`` to
+a PostgreSQL URL.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    home: Path
+    state_db_url: str
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        home = Path(os.environ.get("LIENTHONG_HOME") or PROJECT_ROOT / ".lienthong").resolve()
+        return cls(
+            home=home,
+            state_db_url=os.environ.get("LIENTHONG_STATE_DB") or f"sqlite:///{home / 'state.db'}",
+        )
+
+    @cached_property
+    def staging_dir(self) -> Path:
+        return self.home / "staging"
+
+    @cached_property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
+
+    @cached_property
+    def sandbox_dir(self) -> Path:
+        return self.home / "sandbox"
+
+    @cached_property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @cached_property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+
+def settings() -> Settings:
+    """Read per call: tests and the demo switch ``LIENTHONG_HOME`` between runs."""
+    return Settings.from_env()

@@ -1,0 +1,1 @@
+"""Keys, certificates, record signatures and their verification."""
