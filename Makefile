@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh Debian machine: `make demo` and `make test`.
+# Both install what is missing (Debian packages, then a virtual environment from the lock file)
+# and are quick when everything is there already.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST := $(PY) -m pytest
+
+.PHONY: demo test test-quick setup system lock clean-data
+
+demo: setup
+	$(VENV)/bin/lienthong demo
+
+test: setup
+	scripts/ensure-postgres.sh
+	$(PYTEST)
+
+# The quick subset: everything but the end-to-end runs through Airflow.
+test-quick: setup
+	scripts/ensure-postgres.sh
+	$(PYTEST) -m "not slow"
+
+setup: system $(STAMP)
+
+system:
+	@scripts/setup-system.sh
+
+$(STAMP): requirements.lock pyproject.toml
+	scripts/setup-venv.sh $(VENV)
+	@touch $(STAMP)
+
+# Re-resolve the pinned set after changing pyproject.toml.
+lock: setup
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test --python-version 3.11 -o requirements.lock
+
+clean-data:
+	rm -rf .lienthong

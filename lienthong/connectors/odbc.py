@@ -1,0 +1,168 @@
+"""Pulling a stream from a relational source over ODBC (SQLite, PostgreSQL, SQL Server...).
+
+Only identifiers from a validated :class:`Stream` and ``?`` parameters reach the SQL text. Rows
+are read in cursor order with ``fetchmany`` so that memory stays bounded whatever the table size.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import pyodbc
+
+from lienthong.connectors.connection import DOSSIER_DB, get_connection
+from lienthong.connectors.streams import Cursor, Stream
+from lienthong.logs import get_logger
+
+log = get_logger(__name__)
+
+# SQLite accepts 32766 parameters per statement and SQL Server 2100: stay well below both.
+_MAX_IN_PARAMETERS = 500
+
+
+def connection_string(conn: Any) -> str:
+    """An ODBC connection string from an Airflow connection, as the odbc provider's hook builds it.
+
+    ``extra.driver`` names the unixODBC driver; ``schema`` is the database (a file path for
+    SQLite); any other extra key is passed through as an ODBC attribute.
+    """
+    extra = dict(conn.extra_dejson)
+    driver = extra.pop("driver", None)
+    if not driver:
+        raise ValueError(f"connection {conn.conn_id!r} has no extra.driver naming the ODBC driver")
+    parts = {"DRIVER": f"{{{driver}}}"}
+    if conn.host:
+        parts["SERVER"] = conn.host
+    if conn.port:
+        parts["PORT"] = str(conn.port)
+    if conn.schema:
+        parts["DATABASE"] = conn.schema
+    if conn.login:
+        parts["UID"] = conn.login
+    if conn.password:
+        parts["PWD"] = conn.password
+    parts.update({key.upper(): str(value) for key, value in extra.items()})
+    return ";".join(f"{key}={value}" for key, value in parts.items())
+
+
+def _quote(name: str) -> str:
+    return f'"{name}"'
+
+
+def json_safe(value: Any) -> Any:
+    """Row values as they travel through staging: dates as ISO text, decimals as text."""
+    if isinstance(value, dt.datetime):
+        return value.isoformat(timespec="microseconds")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    return value
+
+
+class OdbcSource:
+    """A source stream over one ODBC connection; hook-like: usable in a task, the CLI or a test."""
+
+    def __init__(self, connection_string: str, stream: Stream) -> None:
+        self._connection_string = connection_string
+        self.stream = stream
+
+    @classmethod
+    def from_connection(cls, stream: Stream, conn_id: str = DOSSIER_DB) -> "OdbcSource":
+        return cls(connection_string(get_connection(conn_id)), stream)
+
+    @contextmanager
+    def connect(self) -> Iterator[pyodbc.Connection]:
+        conn = pyodbc.connect(self._connection_string, autocommit=False)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def select_sql(self, after: Cursor | None) -> str:
+        s = self.stream
+        base = _quote(s.table)
+        leading = [s.primary_key, s.cursor_field]
+        rest = [c for c in s.columns if c not in leading]
+        selected = [f"t.{_quote(c)}" for c in [*leading, *rest]]
+        joins = []
+        for join in s.joins:
+            selected += [f"{join.alias}.{_quote(c)} AS {_quote(f'{join.alias}__{c}')}" for c in join.columns]
+            joins.append(
+                f"LEFT JOIN {_quote(join.table)} {join.alias} "
+                f"ON {join.alias}.{_quote(join.remote_key)} = t.{_quote(join.local_key)}"
+            )
+        cursor, key = f"t.{_quote(s.cursor_field)}", f"t.{_quote(s.primary_key)}"
+        where = f" WHERE ({cursor} > ? OR ({cursor} = ? AND {key} > ?))" if after else ""
+        return (
+            f"SELECT {', '.join(selected)} FROM {base} t {' '.join(joins)}{where} "
+            f"ORDER BY {cursor}, {key}"
+        )
+
+    def read(
+        self, after: Cursor | None, batch_size: int | None = None
+    ) -> Iterator[list[tuple[Cursor, dict[str, Any]]]]:
+        """Batches of (cursor, row) after ``after`` in (cursor, key) order, children attached."""
+        size = batch_size or self.stream.page_size
+        params: list[Any] = []
+        if after is not None:
+            params = [after.parameter(), after.parameter(), after.key]
+        with self.connect() as conn:
+            cur = conn.cursor()
+            cur.execute(self.select_sql(after), params)
+            names = [self._column_name(d[0]) for d in cur.description]
+            while rows := cur.fetchmany(size):
+                # The key and cursor lead every SELECT list (see select_sql).
+                batch = [
+                    (
+                        Cursor.of(row[1], row[0]),
+                        {name: json_safe(value) for name, value in zip(names, row)},
+                    )
+                    for row in rows
+                ]
+                self._attach_children(conn, [row for _, row in batch])
+                yield batch
+
+    def columns(self) -> dict[str, list[str]]:
+        """The columns each table of the stream really has (the hook's test_connection)."""
+        tables = [self.stream.table, *(j.table for j in self.stream.joins)]
+        tables += [c.table for c in self.stream.children.values()]
+        found: dict[str, list[str]] = {}
+        with self.connect() as conn:
+            cur = conn.cursor()
+            for table in tables:
+                cur.execute(f"SELECT * FROM {_quote(table)} WHERE 1 = 0")
+                found[table] = [d[0] for d in cur.description]
+        return found
+
+    @staticmethod
+    def _column_name(name: str) -> str:
+        return name.replace("__", ".", 1)
+
+    def _attach_children(self, conn: pyodbc.Connection, batch: list[dict[str, Any]]) -> None:
+        if not self.stream.children:
+            return
+        by_key = {row[self.stream.primary_key]: row for row in batch}
+        keys = list(by_key)
+        cur = conn.cursor()
+        for name, child in self.stream.children.items():
+            for row in batch:
+                row[name] = []
+            cols = ", ".join(_quote(c) for c in [child.foreign_key, *child.columns])
+            for start in range(0, len(keys), _MAX_IN_PARAMETERS):
+                chunk = keys[start : start + _MAX_IN_PARAMETERS]
+                cur.execute(
+                    f"SELECT {cols} FROM {_quote(child.table)} "
+                    f"WHERE {_quote(child.foreign_key)} IN ({', '.join('?' * len(chunk))}) "
+                    f"ORDER BY {_quote(child.foreign_key)}, {_quote(child.order_by)}",
+                    chunk,
+                )
+                for fk, *values in cur.fetchall():
+                    by_key[fk][name].append(
+                        {c: json_safe(v) for c, v in zip(child.columns, values)}
+                    )

@@ -1,0 +1,105 @@
+"""What a source stream is, independent of protocol: its table or resource, key, cursor and shape.
+
+Modelled on dlt's incremental and Singer's state: the cursor is a small value object, saved only
+once every record up to it is settled (acknowledged or quarantined), and compared as the pair
+(cursor field, primary key) so that many rows sharing one updated-at are neither lost nor repeated.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def identifier(value: str) -> str:
+    """Names from a spec become SQL identifiers: only plain names pass, never SQL text."""
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
+        raise ValueError(f"{value!r} is not a plain name (letters, digits, underscore)")
+    return value
+
+
+class Join(BaseModel):
+    """A to-one table joined onto each row; its columns arrive as ``<alias>.<column>``."""
+
+    model_config = ConfigDict(extra="forbid")
+    table: str
+    alias: str
+    local_key: str
+    remote_key: str
+    columns: list[str]
+
+    _names = field_validator("table", "alias", "local_key", "remote_key")(identifier)
+
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, value: list[str]) -> list[str]:
+        return [identifier(c) for c in value]
+
+
+class Child(BaseModel):
+    """A to-many table fetched per batch by foreign key; its rows arrive as a list on the record."""
+
+    model_config = ConfigDict(extra="forbid")
+    table: str
+    foreign_key: str
+    order_by: str = "id"
+    columns: list[str]
+
+    _names = field_validator("table", "foreign_key", "order_by")(identifier)
+
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, value: list[str]) -> list[str]:
+        return [identifier(c) for c in value]
+
+
+class Stream(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    table: str
+    primary_key: str
+    cursor_field: str
+    columns: list[str]
+    joins: list[Join] = Field(default_factory=list)
+    children: dict[str, Child] = Field(default_factory=dict)
+    page_size: int = Field(500, ge=1, le=50_000)
+
+    _names = field_validator("table", "primary_key", "cursor_field")(identifier)
+
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, value: list[str]) -> list[str]:
+        return [identifier(c) for c in value]
+
+    @field_validator("children")
+    @classmethod
+    def _child_names(cls, value: dict[str, Child]) -> dict[str, Child]:
+        for name in value:
+            identifier(name)
+        return value
+
+
+class Cursor(BaseModel):
+    """Position after the last settled record: its cursor value and its primary key."""
+
+    model_config = ConfigDict(frozen=True)
+    value: str | int
+    kind: str = Field(description="datetime, int or str: how the value is bound as a parameter")
+    key: str | int
+
+    @classmethod
+    def of(cls, value: Any, key: str | int) -> "Cursor":
+        if isinstance(value, dt.datetime):
+            return cls(value=value.isoformat(timespec="microseconds"), kind="datetime", key=key)
+        if isinstance(value, int):
+            return cls(value=value, kind="int", key=key)
+        return cls(value=str(value), kind="str", key=key)
+
+    def parameter(self) -> Any:
+        if self.kind == "datetime":
+            return dt.datetime.fromisoformat(str(self.value))
+        return self.value

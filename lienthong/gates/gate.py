@@ -1,0 +1,140 @@
+"""The gate: one verdict per record, pass, quarantine (with every reason) or pending.
+
+The great-expectations suite runs once per chunk of records over a DataFrame (vectorised), the
+personal-ID rules likewise; mapping errors and the population database's answer were attached by
+the earlier stages. A record with any reason is quarantined; one that could not be verified only
+because the population database was unavailable is pending, for the next run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Sequence
+
+import pandas as pd
+
+from lienthong import schemas
+from lienthong.gates import personal_id
+
+PASS, QUARANTINE, PENDING = "pass", "quarantine", "pending"
+# What the population database says, as the reason a record is held back.
+_SUBJECT_FIELD = {"full_name": "ChuHoSo", "date_of_birth": "MaDoiTuong", "gender": "MaDoiTuong"}
+
+
+@dataclass
+class Verdict:
+    status: str
+    reasons: list[dict[str, str]] = field(default_factory=list)
+
+
+class SuiteGate:
+    """A great-expectations suite from ``schemas/``, run on an ephemeral context."""
+
+    def __init__(self, suite_file: str) -> None:
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+        import great_expectations as gx  # 5 s to import: only ever inside a task
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        spec = schemas.load_json(suite_file)
+        self.suite = context.suites.add(gx.ExpectationSuite(**spec))
+        asset = context.data_sources.add_pandas("gate").add_dataframe_asset("records")
+        self._batches = asset.add_batch_definition_whole_dataframe("chunk")
+        self.columns = sorted({
+            column
+            for e in spec["expectations"]
+            for key in ("column", "column_A", "column_B")
+            if (column := e["kwargs"].get(key))
+        })
+
+    def failures(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:
+        """Per row (by position), the reasons the suite gives."""
+        frame = frame.reindex(columns=sorted(set(frame.columns) | set(self.columns))).reset_index(drop=True)
+        batch = self._batches.get_batch(batch_parameters={"dataframe": frame})
+        result = batch.validate(self.suite, result_format={"result_format": "COMPLETE"})
+        reasons: list[list[dict[str, str]]] = [[] for _ in range(len(frame))]
+        for outcome in result.results:
+            info = outcome.exception_info or {}
+            if info.get("raised_exception"):
+                raise RuntimeError(
+                    f"gate suite expectation {outcome.expectation_config.type} could not run: "
+                    f"{info.get('exception_message')}"
+                )
+            if outcome.success:
+                continue
+            meta = outcome.expectation_config.meta or {}
+            rule, column = meta["rule"], meta["field"]
+            message = f"{column}: {_describe(outcome.expectation_config.type, outcome.expectation_config.kwargs)}"
+            for row in outcome.result.get("unexpected_index_list") or []:
+                reasons[int(row)].append({"field": column, "rule": rule, "message": message})
+        return reasons
+
+
+def _describe(kind: str, kwargs: dict[str, Any]) -> str:
+    if kind == "expect_column_values_to_not_be_null":
+        return "is required"
+    if kind == "expect_column_values_to_be_unique":
+        return "appears more than once in the batch"
+    if kind == "expect_column_value_lengths_to_be_between":
+        return f"length must be between {kwargs.get('min_value')} and {kwargs.get('max_value')}"
+    if kind == "expect_column_values_to_match_regex":
+        return f"does not match {kwargs['regex']}"
+    if kind == "expect_column_values_to_be_in_set":
+        return f"must be one of {kwargs['value_set']}"
+    if kind == "expect_column_pair_values_a_to_be_greater_than_b":
+        return f"must not be earlier than {kwargs['column_B']}"
+    return kind
+
+
+@lru_cache(maxsize=4)
+def suite_gate(suite_file: str) -> SuiteGate:
+    return SuiteGate(suite_file)
+
+
+def evaluate(records: Sequence[dict[str, Any]], suite_file: str) -> list[Verdict]:
+    """Verdicts for mapped records (``payload``, ``errors``, ``subject``, ``verification``)."""
+    if not records:
+        return []
+    frame = pd.DataFrame.from_records([r["payload"] for r in records])
+    suite_reasons = suite_gate(suite_file).failures(frame)
+    subjects = pd.DataFrame.from_records([r.get("subject") or {} for r in records],
+                                         columns=["personal_id", "full_name", "date_of_birth", "gender"])
+    broken = personal_id.check_frame(subjects["personal_id"], subjects["date_of_birth"], subjects["gender"])
+    verdicts = []
+    for position, record in enumerate(records):
+        reasons = list(record.get("errors") or [])
+        reasons += suite_reasons[position]
+        for rule in broken.columns[broken.iloc[position].to_numpy()]:
+            field_name, message = personal_id.RULES[rule]
+            reasons.append({"field": field_name, "rule": rule, "message": f"{field_name}: {message}"})
+        verification = record.get("verification")
+        if verification is not None:
+            reasons += _verification_reasons(record.get("subject") or {}, verification)
+        if reasons:
+            verdicts.append(Verdict(QUARANTINE, reasons))
+        elif verification is not None and verification["status"] == "unavailable":
+            verdicts.append(Verdict(PENDING, [{"field": "MaDoiTuong", "rule": "verification_unavailable",
+                                               "message": "population database did not answer; retried next run"}]))
+        else:
+            verdicts.append(Verdict(PASS))
+    return verdicts
+
+
+def _verification_reasons(subject: dict[str, Any], verification: dict[str, Any]) -> list[dict[str, str]]:
+    status = verification["status"]
+    if status == "not_found":
+        return [{"field": "MaDoiTuong", "rule": "citizen_not_found",
+                 "message": "MaDoiTuong: no citizen with this personal ID in the population database"}]
+    if status == "mismatch":
+        return [{"field": _SUBJECT_FIELD.get(f, f), "rule": f"citizen_mismatch_{f}",
+                 "message": f"{_SUBJECT_FIELD.get(f, f)}: {f.replace('_', ' ')} differs from the population database"}
+                for f in verification.get("fields") or []]
+    if status == "invalid":
+        if not subject.get("personal_id") and not subject.get("full_name"):
+            return [{"field": "ChuHoSo", "rule": "applicant_missing", "message": "ChuHoSo: the dossier has no applicant"}]
+        return [{"field": "MaDoiTuong", "rule": "citizen_data_invalid",
+                 "message": "MaDoiTuong: applicant data incomplete or malformed, cannot be verified"}]
+    return []

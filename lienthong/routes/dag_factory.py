@@ -1,0 +1,97 @@
+"""Turns a route into an Airflow DAG; importing this costs no more than Airflow's SDK.
+
+Tasks pass each other a small reference (route and run id), never records; the heavy libraries
+(pyodbc, zeep, great-expectations, cryptography) load inside the tasks, not at parse time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import DAG, TriggerRule, task
+
+from lienthong.routes.route import Route
+
+DEFAULT_ARGS = {
+    "owner": "lienthong",
+    "retries": 2,
+    "retry_delay": dt.timedelta(seconds=15),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": dt.timedelta(minutes=5),
+}
+
+
+def build_dag(route: Route) -> DAG:
+    name = route.name
+
+    def ref_of(context: dict[str, Any]) -> dict[str, str]:
+        from lienthong.routes.stages import run_id_for
+
+        return {"route": name, "run_id": run_id_for(name, context["run_id"])}
+
+    with DAG(
+        dag_id=name,
+        description=route.description,
+        schedule=route.schedule,
+        start_date=dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc),
+        catchup=False,
+        max_active_runs=1,  # two runs of one route would pull the same window
+        default_args=DEFAULT_ARGS,
+        tags=["lienthong", "route"],
+        doc_md=__doc__,
+    ) as dag:
+
+        @task(task_id="extract")
+        def extract(**context: Any) -> dict[str, str]:
+            from lienthong.routes import stages
+
+            ref = ref_of(context)
+            stages.extract(name, ref["run_id"], context["dag"].dag_id, context["run_id"])
+            return ref
+
+        @task(task_id="verify")
+        def verify(ref: dict[str, str]) -> dict[str, str]:
+            from lienthong.routes import stages
+
+            stages.verify(name, ref["run_id"])
+            return ref
+
+        @task(task_id="map")
+        def map_(ref: dict[str, str]) -> dict[str, str]:
+            from lienthong.routes import stages
+
+            stages.map_records(name, ref["run_id"])
+            return ref
+
+        @task(task_id="gate")
+        def gate(ref: dict[str, str]) -> dict[str, str]:
+            from lienthong.routes import stages
+
+            stages.gate_records(name, ref["run_id"])
+            return ref
+
+        @task(task_id="sign")
+        def sign(ref: dict[str, str]) -> dict[str, str]:
+            from lienthong.routes import stages
+
+            stages.sign(name, ref["run_id"])
+            return ref
+
+        @task(task_id="push")
+        def push(ref: dict[str, str]) -> dict[str, str]:
+            from lienthong.routes import stages
+
+            stages.push(name, ref["run_id"])
+            return ref
+
+        @task(task_id="record", trigger_rule=TriggerRule.ALL_DONE, retries=0)
+        def record(**context: Any) -> dict[str, Any]:
+            """Runs whatever happened upstream, so every pulled record is accounted for."""
+            from lienthong.routes import stages
+
+            return stages.record(name, ref_of(context)["run_id"])
+
+        pushed = push(sign(gate(map_(verify(extract())))))
+        pushed >> record()
+    return dag

@@ -1,0 +1,338 @@
+"""The stages of a route run, one function per Airflow task, each resumable from staging.
+
+Every stage reads the parts of the stages before it and writes one line per pulled record, in
+order (null where it has nothing to say about a record), so that the final ``record`` stage can
+account for every record pulled: acknowledged, quarantined with its reasons, or pending.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import re
+from typing import Any
+
+import orjson
+
+from lienthong.audit.ledger import (ACKNOWLEDGED, FAILED, PENDING, QUARANTINED, SUCCESS, Ledger)
+from lienthong.connectors.streams import Cursor
+from lienthong.gates import gate
+from lienthong.logs import get_logger
+from lienthong.mappings.engine import MappingEngine
+from lienthong.routes.route import Route, get_route
+from lienthong.settings import settings
+from lienthong.signing.canonical import content_hash
+from lienthong.staging import RunStaging
+
+log = get_logger(__name__)
+
+
+class RunIncomplete(RuntimeError):
+    """Raised by the last stage when records remain pending, so the DAG run shows as failed."""
+
+
+def run_id_for(route_name: str, airflow_run_id: str) -> str:
+    """Deterministic, so every task and every retry of one DAG run finds the same staging."""
+    return f"{route_name}__{re.sub(r'[^A-Za-z0-9]+', '-', airflow_run_id).strip('-')}"
+
+
+def _staging(run_id: str) -> RunStaging:
+    return RunStaging(settings().staging_dir, run_id)
+
+
+def _ledger() -> Ledger:
+    return Ledger(settings().state_db_url)
+
+
+def extract(route_name: str, run_id: str, dag_id: str | None = None, airflow_run_id: str | None = None) -> dict[str, Any]:
+    from lienthong.connectors.odbc import OdbcSource
+
+    route = get_route(route_name)
+    ledger = _ledger()
+    ledger.start_run(run_id, route.name, dag_id, airflow_run_id, ledger.cursor(route.name))
+    stage = _staging(run_id).stage("extract")
+    if stage.done:
+        return stage.counts()
+    after = _resume_point(stage) or _cursor_before(ledger, run_id)
+    index = len(stage.parts())
+    pulled = sum(len(stage.read_part(i)) for i in stage.parts())
+    source = OdbcSource.from_connection(route.spec.source, route.source_conn)
+    for batch in source.read(after):
+        stage.write_part(index, (
+            {"id": str(row[route.spec.source.primary_key]), "cursor": cursor.model_dump(),
+             "source_hash": content_hash(row), "row": row}
+            for cursor, row in batch
+        ))
+        index += 1
+        pulled += len(batch)
+        stage.report_progress({"records": pulled})
+    counts = {"records": pulled}
+    stage.mark_done(counts)
+    log.info("run %s: pulled %d records in %d parts", run_id, pulled, index)
+    return counts
+
+
+def _cursor_before(ledger: Ledger, run_id: str) -> Cursor | None:
+    """The cursor the run started from, as recorded: a retried extract reads the same window."""
+    value = (ledger.run(run_id) or {}).get("cursor_before")
+    return Cursor.model_validate(value) if value else None
+
+
+def _resume_point(stage: Any) -> Cursor | None:
+    parts = stage.parts()
+    if not parts:
+        return None
+    last = stage.read_part(parts[-1])
+    return Cursor.model_validate(last[-1]["cursor"]) if last else None
+
+
+def verify(route_name: str, run_id: str) -> dict[str, Any]:
+    """Ask the population database about every applicant, in batches, concurrently."""
+    from lienthong.connectors.soap import PopulationVerifier, Subject
+
+    route = get_route(route_name)
+    staging = _staging(run_id)
+    source, stage = staging.stage("extract"), staging.stage("verify")
+    engine = MappingEngine(route.spec)
+    if stage.done:
+        return stage.counts()
+    if route.population_conn is None:
+        return _finish(stage, {})
+    verifier = PopulationVerifier.from_connection(route.population_conn)
+    tally: dict[str, int] = {}
+    for index in source.parts():
+        if stage.has_part(index):
+            _tally(tally, (v["status"] for v in stage.read_part(index) if v))
+            continue
+        subjects = [Subject(**(engine.subject(r["row"]) or {})) for r in source.read_part(index)]
+        results = verifier.verify(subjects)
+        stage.write_part(index, ({"status": v.status, "fields": list(v.fields)} for v in results))
+        _tally(tally, (v.status for v in results))
+        stage.report_progress({"records": sum(tally.values()), **tally})
+    log.info("run %s: verification %s", run_id, tally)
+    return _finish(stage, tally)
+
+
+def map_records(route_name: str, run_id: str) -> dict[str, Any]:
+    """Source rows to target payloads; errors stay with their record."""
+    route = get_route(route_name)
+    staging = _staging(run_id)
+    source, verified, stage = staging.stage("extract"), staging.stage("verify"), staging.stage("map")
+    if stage.done:
+        return stage.counts()
+    engine = MappingEngine(route.spec)
+    tally = {"records": 0, "with_errors": 0}
+    for index in source.parts():
+        rows = source.read_part(index)
+        if not stage.has_part(index):
+            verifications = verified.read_part(index) if verified.has_part(index) else [None] * len(rows)
+            stage.write_part(index, (_mapped(engine, r["row"], v) for r, v in zip(rows, verifications)))
+        tally["records"] += len(rows)
+        tally["with_errors"] += sum(1 for m in stage.read_part(index) if m["errors"])
+        stage.report_progress(tally)
+    return _finish(stage, tally)
+
+
+def _mapped(engine: MappingEngine, row: dict[str, Any], verification: dict[str, Any] | None) -> dict[str, Any]:
+    mapped = engine.map(row)
+    return {"payload": mapped.payload, "errors": mapped.errors, "subject": engine.subject(row),
+            "verification": verification}
+
+
+def gate_records(route_name: str, run_id: str) -> dict[str, Any]:
+    """Pass, quarantine or pending per record, by the suite, the domain rules and verification."""
+    route = get_route(route_name)
+    staging = _staging(run_id)
+    mapped, stage = staging.stage("map"), staging.stage("gate")
+    if stage.done:
+        return stage.counts()
+    tally: dict[str, int] = {}
+    for index in mapped.parts():
+        if not stage.has_part(index):
+            verdicts = gate.evaluate(mapped.read_part(index), route.suite_file)
+            stage.write_part(index, ({"status": v.status, "reasons": v.reasons} for v in verdicts))
+        _tally(tally, (v["status"] for v in stage.read_part(index)))
+        stage.report_progress({"records": sum(tally.values()), **tally})
+    log.info("run %s: gate %s", run_id, tally)
+    return _finish(stage, tally)
+
+
+def sign(route_name: str, run_id: str) -> dict[str, Any]:
+    """Seal every record that passed the gate: version (content hash) and JWS with the chain."""
+    from lienthong.signing.keys import load_signer
+    from lienthong.signing.records import seal
+
+    staging = _staging(run_id)
+    mapped, gated, stage = staging.stage("map"), staging.stage("gate"), staging.stage("sign")
+    if stage.done:
+        return stage.counts()
+    signer = load_signer(settings().keys_dir)
+    signed = 0
+    for index in gated.parts():
+        verdicts = gated.read_part(index)
+        if not stage.has_part(index):
+            payloads = mapped.read_part(index)
+            stage.write_part(index, (
+                seal(m["payload"], signer) if v["status"] == gate.PASS else None
+                for m, v in zip(payloads, verdicts)
+            ))
+        signed += sum(1 for v in verdicts if v["status"] == gate.PASS)
+        stage.report_progress({"records": signed})
+    return _finish(stage, {"records": signed})
+
+
+def push(route_name: str, run_id: str) -> dict[str, Any]:
+    """Send sealed records in batches; acks are written after each batch, so a retry resumes.
+
+    A record version the portal already acknowledged (in an earlier run) is not sent again.
+    """
+    from lienthong.connectors.rest import PortalSink, PortalUnavailable
+
+    route = get_route(route_name)
+    staging = _staging(run_id)
+    signed, stage = staging.stage("sign"), staging.stage("push")
+    if stage.done:
+        return stage.counts()
+    sink = PortalSink.from_connection(route.portal_conn)
+    ledger = _ledger()
+    tally: dict[str, int] = {}
+    for index in signed.parts():
+        sealed = signed.read_part(index)
+        acks: list[dict[str, Any] | None] = (
+            stage.read_part(index) if stage.has_part(index) else [None] * len(sealed))
+        todo = [i for i, record in enumerate(sealed) if record is not None and acks[i] is None]
+        if todo:
+            known = ledger.acknowledged_versions(route.name, [sealed[i][route.spec.key] for i in todo])
+            for i in todo:
+                if (sealed[i][route.spec.key], sealed[i]["PhienBan"]) in known:
+                    acks[i] = {"error_code": 0, "status": "already_acknowledged",
+                               "message": "acknowledged in an earlier run", "at": _now()}
+            todo = [i for i in todo if acks[i] is None]
+        for start in range(0, len(todo), sink.batch_size):
+            chunk = todo[start : start + sink.batch_size]
+            try:
+                answers = sink.push([sealed[i] for i in chunk])
+            except PortalUnavailable:
+                stage.write_part(index, acks)
+                raise
+            at = _now()
+            for i, ack in zip(chunk, answers):
+                acks[i] = {"error_code": ack.error_code, "status": ack.status, "message": ack.message, "at": at}
+            stage.write_part(index, acks)
+        if not stage.has_part(index):
+            stage.write_part(index, acks)
+        _tally(tally, (a["status"] for a in acks if a))
+        stage.report_progress({"records": sum(tally.values()), **tally})
+    log.info("run %s: push %s", run_id, tally)
+    return _finish(stage, tally)
+
+
+def record(route_name: str, run_id: str) -> dict[str, Any]:
+    """Settle every pulled record in the ledger and move the cursor past what is settled.
+
+    Runs whatever happened upstream. The cursor stops before the first pending record, so the
+    next run pulls it again; records after it that were acknowledged are then skipped at push.
+    """
+    route = get_route(route_name)
+    staging = _staging(run_id)
+    ledger = _ledger()
+    run = ledger.run(run_id)
+    if run is None:
+        raise RunIncomplete(f"run {run_id} never started: extract did not run")
+    stages = {name: staging.stage(name) for name in ("extract", "map", "gate", "sign", "push")}
+    stuck_at: Cursor | None = None
+    last_settled = Cursor.model_validate(run["cursor_before"]) if run["cursor_before"] else None
+    counts = {k: 0 for k in ("pulled", "quarantined", "pushed", "acknowledged", "already_acknowledged", "duplicates", "rejected", "pending")}
+    reasons: dict[str, int] = {}
+    outcomes: list[dict[str, Any]] = []
+    for index in stages["extract"].parts():
+        rows = stages["extract"].read_part(index)
+        parts = {name: _part_or_nulls(stages[name], index, len(rows)) for name in ("map", "gate", "sign", "push")}
+        for n, row in enumerate(rows):
+            outcome = _outcome(route, row, parts["map"][n], parts["gate"][n], parts["sign"][n], parts["push"][n])
+            outcomes.append(outcome)
+            counts["pulled"] += 1
+            _count(counts, reasons, outcome)
+            if outcome["outcome"] == PENDING:
+                stuck_at = stuck_at or Cursor.model_validate(row["cursor"])
+            elif stuck_at is None:
+                last_settled = Cursor.model_validate(row["cursor"])
+    complete = all(staging.stage(name).done for name in ("extract", "verify", "map", "gate", "sign", "push"))
+    status = SUCCESS if complete and counts["pending"] == 0 else FAILED
+    ledger.settle(run_id, outcomes, status, last_settled, counts, reasons)
+    log.info("run %s settled: %s", run_id, counts)
+    if status == SUCCESS:
+        staging.remove()
+        return {"run_id": run_id, "status": status, **counts}
+    raise RunIncomplete(
+        f"run {run_id}: {counts['pending']} of {counts['pulled']} records pending"
+        f"{'' if complete else ' (a stage did not finish)'}; they are pulled again by the next run")
+
+
+def _outcome(route: Route, extracted: dict[str, Any], mapped: dict[str, Any] | None,
+             verdict: dict[str, Any] | None, sealed: dict[str, Any] | None,
+             ack: dict[str, Any] | None) -> dict[str, Any]:
+    key = (mapped or {}).get("payload", {}).get(route.spec.key) or f"#{extracted['id']}"
+    out: dict[str, Any] = {
+        "record_key": str(key), "source_id": extracted["id"], "source_hash": extracted["source_hash"],
+        "version": None, "reasons": None, "signature": None, "signer": None,
+        "ack_code": None, "ack_status": None, "acked_at": None,
+    }
+    if verdict is None or verdict["status"] == gate.PENDING:
+        return {**out, "outcome": PENDING, "reasons": verdict["reasons"] if verdict else None}
+    if verdict["status"] == gate.QUARANTINE:
+        return {**out, "outcome": QUARANTINED, "reasons": verdict["reasons"]}
+    if sealed is not None:
+        out.update(version=sealed["PhienBan"], signature=sealed["ChuKySo"], signer=_signer_of(sealed["ChuKySo"]))
+    if ack is None:
+        return {**out, "outcome": PENDING}
+    out.update(ack_code=ack["error_code"], ack_status=ack["status"])
+    if ack["status"] in ("stored", "duplicate", "already_acknowledged"):
+        return {**out, "outcome": ACKNOWLEDGED, "acked_at": dt.datetime.fromisoformat(ack["at"])}
+    reason = {"field": route.spec.key, "rule": f"portal_rejected_{ack['status']}",
+              "message": f"portal refused the record (code {ack['error_code']}): {ack['message']}"}
+    return {**out, "outcome": QUARANTINED, "reasons": [reason]}
+
+
+def _count(counts: dict[str, int], reasons: dict[str, int], outcome: dict[str, Any]) -> None:
+    kind = outcome["outcome"]
+    if kind == QUARANTINED:
+        counts["quarantined"] += 1
+        for rule in dict.fromkeys(r["rule"] for r in outcome["reasons"]):
+            reasons[rule] = reasons.get(rule, 0) + 1
+    elif kind == PENDING:
+        counts["pending"] += 1
+    else:
+        counts["acknowledged"] += 1
+    status = outcome["ack_status"]
+    if status in ("stored", "duplicate") or (status and kind == QUARANTINED):
+        counts["pushed"] += 1
+    if status == "duplicate":
+        counts["duplicates"] += 1
+    elif status == "already_acknowledged":
+        counts["already_acknowledged"] += 1
+    elif status and kind == QUARANTINED:
+        counts["rejected"] += 1
+
+
+def _signer_of(jws: str) -> str | None:
+    header = jws.split(".", 1)[0]
+    return orjson.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))).get("x5t#S256")
+
+
+def _part_or_nulls(stage: Any, index: int, size: int) -> list[Any]:
+    return stage.read_part(index) if stage.has_part(index) else [None] * size
+
+
+def _tally(tally: dict[str, int], statuses: Any) -> None:
+    for status in statuses:
+        tally[status] = tally.get(status, 0) + 1
+
+
+def _finish(stage: Any, counts: dict[str, Any]) -> dict[str, Any]:
+    stage.mark_done(counts)
+    return counts
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()

@@ -1,0 +1,48 @@
+"""Runs one sandbox service in the foreground: ``python -m lienthong.sandbox.serve NAME ...``.
+
+Each service gets its own process, as the real systems are separate machines: the portal's
+signature checks and the population database's latency do not share a core's GIL with the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from lienthong.sandbox.faults import FaultConfig
+from lienthong.sandbox.http import build_server
+
+SERVICES = ("population", "portal")
+
+
+def build_app(name: str, data_dir: Path, trust_store: Path | None, faults: FaultConfig) -> object:
+    if name == "population":
+        from lienthong.sandbox import population
+
+        return population.create_app(data_dir / "population.db", faults=faults)
+    from lienthong.sandbox import portal
+    from lienthong.signing.trust import TrustStore
+
+    users = json.loads((data_dir / "portal-users.json").read_text())
+    return portal.create_app(data_dir / "portal.db", TrustStore.from_pem_files([trust_store]),
+                             users, faults=faults)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("name", choices=SERVICES)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--trust-store", type=Path, help="CA certificates the portal trusts (PEM)")
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--error-rate", type=float, default=0.0)
+    parser.add_argument("--access-log", action="store_true")
+    args = parser.parse_args()
+    faults = FaultConfig(latency_ms=args.latency_ms, error_rate=args.error_rate)
+    app = build_app(args.name, args.data_dir, args.trust_store, faults)
+    build_server(app, args.port, access_log=args.access_log).serve_forever()
+
+
+if __name__ == "__main__":
+    main()

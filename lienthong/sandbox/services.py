@@ -1,0 +1,126 @@
+"""Starting and stopping the sandbox as a whole, and the Airflow connections that reach it."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pyodbc
+import requests
+
+from lienthong.connectors import connection
+from lienthong.sandbox import dossier_db, seed
+from lienthong.sandbox.http import HOST, free_port
+from lienthong.settings import Settings
+
+PORTAL_USER = "lgsp-sandbox"
+
+
+def dossier_db_connection(s: Settings) -> dict[str, Any]:
+    """The embedded default: a SQLite file reached through the SQLite3 ODBC driver."""
+    return {"conn_type": "odbc", "schema": str(s.sandbox_dir / "dossiers.db"), "extra": {"driver": "SQLite3"}}
+
+
+def portal_password(s: Settings) -> str:
+    """Made once per data folder and kept (0600), like a credential issued to the province."""
+    users_file = s.sandbox_dir / "portal-users.json"
+    if not users_file.exists():
+        s.sandbox_dir.mkdir(parents=True, exist_ok=True)
+        users_file.write_text(json.dumps({PORTAL_USER: secrets.token_urlsafe(18)}))
+        users_file.chmod(0o600)
+    return json.loads(users_file.read_text())[PORTAL_USER]
+
+
+@dataclass
+class Sandbox:
+    settings: Settings
+    ports: dict[str, int]
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def url(self, name: str) -> str:
+        return f"http://{HOST}:{self.ports[name]}"
+
+    def connections(self) -> dict[str, dict[str, Any]]:
+        return {
+            connection.DOSSIER_DB: dossier_db_connection(self.settings),
+            connection.POPULATION: {"conn_type": "http", "host": HOST, "port": self.ports["population"],
+                                    "schema": "http", "extra": {"path": "/population", "concurrency": 4}},
+            connection.PORTAL: {"conn_type": "http", "host": HOST, "port": self.ports["portal"], "schema": "http",
+                                "login": PORTAL_USER, "password": portal_password(self.settings),
+                                "extra": {"batch_size": 200}},
+        }
+
+    def start(self, latency_ms: dict[str, float] | None = None) -> "Sandbox":
+        s = self.settings
+        s.sandbox_dir.mkdir(parents=True, exist_ok=True)
+        s.logs_dir.mkdir(parents=True, exist_ok=True)
+        portal_password(s)
+        for name, port in self.ports.items():
+            cmd = [sys.executable, "-m", "lienthong.sandbox.serve", name, "--port", str(port),
+                   "--data-dir", str(s.sandbox_dir), "--access-log",
+                   "--latency-ms", str((latency_ms or {}).get(name, 0.0))]
+            if name == "portal":
+                cmd += ["--trust-store", str(s.keys_dir / "ca.pem")]
+            log = open(s.logs_dir / f"sandbox-{name}.log", "ab")
+            self.processes[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        for name in self.ports:
+            self._wait_healthy(name)
+        return self
+
+    def _wait_healthy(self, name: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.processes[name].poll() is not None:
+                raise RuntimeError(f"sandbox {name} exited; see {self.settings.logs_dir / f'sandbox-{name}.log'}")
+            try:
+                if requests.get(f"{self.url(name)}/health", timeout=1).ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"sandbox {name} did not answer on port {self.ports[name]}")
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self.processes.clear()
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def start(s: Settings, ports: dict[str, int] | None = None, latency_ms: dict[str, float] | None = None) -> Sandbox:
+    ports = ports or {"population": free_port(), "portal": free_port()}
+    return Sandbox(s, ports).start(latency_ms)
+
+
+def seed_dossiers(s: Settings, conn_str: str, count: int, updated_at: Any = None) -> int:
+    """Adds ``count`` dossiers after the existing ones and registers their citizens."""
+    from lienthong.sandbox.population import Citizen, PopulationRegistry
+
+    with pyodbc.connect(conn_str, autocommit=False) as conn:
+        dossier_db.create_schema(conn)
+        first_dossier, first_applicant = dossier_db.next_ids(conn)
+        made = seed.generate(count, first_dossier_id=first_dossier, first_applicant_id=first_applicant,
+                             updated_at=updated_at)
+        dossier_db.insert(conn, made)
+    PopulationRegistry(s.sandbox_dir / "population.db").add_citizens(
+        Citizen(personal_id=c.personal_id, full_name=c.full_name, date_of_birth=c.date_of_birth, gender=c.gender)
+        for c in made.citizens)
+    return count

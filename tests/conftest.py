@@ -1,0 +1,35 @@
+"""Shared fixtures: a private data folder per test, and the dossier database over real ODBC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pyodbc
+import pytest
+
+from lienthong.sandbox import dossier_db
+from lienthong.settings import Settings
+
+POSTGRES = ("DRIVER={PostgreSQL Unicode};SERVER=127.0.0.1;PORT=5432;DATABASE=lienthong_test;"
+            "UID=lienthong;PWD=lienthong")
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("LIENTHONG_STATE_DB", raising=False)
+    return Settings.from_env()
+
+
+def sqlite_connection_string(path: Path) -> str:
+    return f"DRIVER={{SQLite3}};DATABASE={path}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def dossier_conn_str(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty dossier database behind a real ODBC driver: SQLite3 and psqlODBC."""
+    conn_str = sqlite_connection_string(tmp_path / "dossiers.db") if request.param == "sqlite" else POSTGRES
+    with pyodbc.connect(conn_str, autocommit=False) as conn:
+        dossier_db.create_schema(conn, reset=True)
+    yield conn_str
