@@ -117,7 +117,7 @@ def evaluate(records: Sequence[dict[str, Any]], suite_file: str) -> list[Verdict
             verdicts.append(Verdict(QUARANTINE, reasons))
         elif verification is not None and verification["status"] == "unavailable":
             verdicts.append(Verdict(PENDING, [{"field": "MaDoiTuong", "rule": "verification_unavailable",
-                                               "message": "population database did not answer; retried next run"}]))
+                                               "message": "MaDoiTuong: population database did not answer; retried next run"}]))
         else:
             verdicts.append(Verdict(PASS))
     return verdicts

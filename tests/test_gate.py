@@ -1,0 +1,82 @@
+"""The gate with the real great-expectations suite from schemas/ and the personal-ID rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from lienthong.gates import gate
+from lienthong.gates.personal_id import make_personal_id
+
+SUITE = "dossier_gate.suite.json"
+PID = make_personal_id("001", 1990, "F", 4242)
+
+
+def _record(n: int, **changes: Any) -> dict[str, Any]:
+    payload = {
+        "MaHoSo": f"STP-250101-{n:07d}", "MaTTHC": "1.001193", "ChuHoSo": "Nguyễn Thị Lan", "LoaiDoiTuong": 1,
+        "MaDoiTuong": PID, "NgayTiepNhan": "20250101080000", "NgayHenTra": "20250110080000",
+        "TrangThaiHoSo": 4, "HinhThuc": 1, "DonViXuLy": "000.00.12.H40", "TaiLieuNop": [],
+    }
+    subject = {"personal_id": PID, "full_name": "Nguyễn Thị Lan", "date_of_birth": "1990-05-06", "gender": "F"}
+    record = {"payload": payload, "errors": [], "subject": subject, "verification": {"status": "match", "fields": []}}
+    for key, value in changes.items():
+        target = record["subject"] if key in subject and key != "personal_id" else record
+        if key in payload:
+            target = payload
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = value
+    return record
+
+
+def _rules(verdict: gate.Verdict) -> set[str]:
+    return {r["rule"] for r in verdict.reasons}
+
+
+def test_each_kind_of_bad_record_is_quarantined_with_its_reasons_and_good_ones_pass() -> None:
+    records = [
+        _record(0),
+        _record(1, NgayHenTra="20241231080000"),
+        _record(2, date_of_birth="1991-05-06"),
+        _record(3, gender="M"),
+        _record(4, TrangThaiHoSo=None, errors=[{"field": "TrangThaiHoSo", "rule": "unknown_status_code",
+                                             "message": "TrangThaiHoSo code 'X' is not in code table 'status'"}]),
+        _record(5, verification={"status": "not_found", "fields": []}),
+        _record(6, verification={"status": "mismatch", "fields": ["full_name"]}),
+        _record(7, ChuHoSo=None, MaDoiTuong=None, subject={}, verification={"status": "invalid", "fields": []}),
+        _record(8, verification={"status": "unavailable", "fields": []}),
+        _record(9, MaTTHC="1.23", DonViXuLy="SO-TU-PHAP", NgayTiepNhan="2025-01-01"),
+        _record(10),
+    ]
+    verdicts = gate.evaluate(records, SUITE)
+    assert [v.status for v in verdicts] == ["pass"] + ["quarantine"] * 7 + ["pending", "quarantine", "pass"]
+    assert _rules(verdicts[1]) == {"appointment_before_received"}
+    assert _rules(verdicts[2]) == {"personal_id_birth_year"}
+    assert _rules(verdicts[3]) == {"personal_id_gender"}
+    assert _rules(verdicts[4]) == {"unknown_status_code", "missing_TrangThaiHoSo"}
+    assert _rules(verdicts[5]) == {"citizen_not_found"}
+    assert _rules(verdicts[6]) == {"citizen_mismatch_full_name"}
+    assert _rules(verdicts[7]) == {"applicant_missing", "missing_ChuHoSo", "missing_MaDoiTuong"}
+    assert _rules(verdicts[8]) == {"verification_unavailable"}
+    assert _rules(verdicts[9]) == {"bad_procedure_code", "bad_agency_code", "bad_date_NgayTiepNhan"}
+    for verdict in verdicts:
+        for reason in verdict.reasons:
+            assert reason["field"] and reason["message"].startswith(reason["field"])
+            assert PID not in reason["message"] and "Lan" not in reason["message"]
+
+
+def test_duplicate_codes_in_one_batch_are_both_held() -> None:
+    verdicts = gate.evaluate([_record(1), _record(1)], SUITE)
+    assert all(_rules(v) == {"duplicate_MaHoSo"} for v in verdicts)
+
+
+def test_a_batch_missing_a_whole_optional_column_still_runs() -> None:
+    verdicts = gate.evaluate([_record(1, NgayHenTra=None), _record(2, NgayHenTra=None)], SUITE)
+    assert [v.status for v in verdicts] == ["pass", "pass"]
+
+
+def test_empty_batch() -> None:
+    assert gate.evaluate([], SUITE) == []
