@@ -7,6 +7,7 @@ Tasks pass each other a small reference (route and run id), never records; the h
 from __future__ import annotations
 
 import datetime as dt
+import os
 from typing import Any
 
 from airflow.sdk import DAG, TriggerRule, task
@@ -15,7 +16,8 @@ from lienthong.routes.route import Route
 
 DEFAULT_ARGS = {
     "owner": "lienthong",
-    "retries": 2,
+    # Each stage resumes from staging, so a retry redoes only the unfinished part.
+    "retries": int(os.environ.get("LIENTHONG_TASK_RETRIES", "2")),
     "retry_delay": dt.timedelta(seconds=15),
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": dt.timedelta(minutes=5),

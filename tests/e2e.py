@@ -1,0 +1,59 @@
+"""Helpers for the end-to-end tests: a private sandbox world and a scan of logs for personal data."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pyodbc
+import pytest
+
+from lienthong.sandbox import services
+from lienthong.sandbox.services import Sandbox
+from lienthong.settings import Settings, settings
+from lienthong.signing.keys import init_keys
+from tests.conftest import sqlite_connection_string
+
+
+@dataclass
+class World:
+    settings: Settings
+    sandbox: Sandbox
+    conn_str: str
+
+
+@contextmanager
+def world(home: Path, seed_count: int) -> Iterator[World]:
+    """Keys, the sandbox services as processes, a seeded dossier database; DAG retries off."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LIENTHONG_HOME", str(home))
+        mp.delenv("LIENTHONG_STATE_DB", raising=False)
+        mp.setenv("LIENTHONG_TASK_RETRIES", "0")
+        s = settings()
+        init_keys(s.keys_dir)
+        with services.start(s) as sandbox:
+            for conn_id, conn in sandbox.connections().items():
+                mp.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+            conn_str = sqlite_connection_string(s.sandbox_dir / "dossiers.db")
+            services.seed_dossiers(s, conn_str, seed_count)
+            yield World(s, sandbox, conn_str)
+
+
+def personal_data(conn_str: str) -> set[str]:
+    """Every personal ID and full name in the dossier database."""
+    with pyodbc.connect(conn_str) as conn:
+        rows = conn.cursor().execute("SELECT personal_id, full_name FROM applicants").fetchall()
+    return {value for row in rows for value in row if value}
+
+
+def leaks(folder: Path, secrets: set[str]) -> list[str]:
+    """Lines of any log under ``folder`` that show one of ``secrets``."""
+    found = []
+    for path in folder.rglob("*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if any(secret in line for secret in secrets):
+                found.append(f"{path.name}: {line[:200]}")
+    return found

@@ -1,0 +1,97 @@
+"""The dossier_sync DAG run through Airflow against the sandbox, checked record by record."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pyodbc
+import pytest
+import requests
+
+from lienthong.audit.ledger import Ledger
+from lienthong.connectors.rest import PortalSink
+from lienthong.demo import run_route
+from lienthong.sandbox import dossier_db, seed, services
+from lienthong.sandbox.portal import sandbox_stats
+from lienthong.signing.records import unseal
+from lienthong.signing.trust import TrustStore
+from tests.e2e import leaks, personal_data, world
+
+pytestmark = pytest.mark.slow
+ROUTE = "dossier_sync"
+
+
+def test_every_record_ends_acknowledged_or_quarantined_and_reruns_send_nothing(tmp_path: Path) -> None:
+    with world(tmp_path / "home", 400) as w:
+        ledger = Ledger(w.settings.state_db_url)
+        run = run_route(w.settings, ROUTE)
+        assert (run["status"], run["dag_run_state"]) == ("success", "success")
+        counts = run["counts"]
+        assert counts["pulled"] == 400 == counts["acknowledged"] + counts["quarantined"] + counts["pending"]
+        assert counts["pending"] == 0
+
+        with pyodbc.connect(w.conn_str) as conn:
+            answer_key = dossier_db.truth(conn)
+        outcomes = {o["record_key"]: o for o in ledger.outcomes(run["run_id"])}
+        assert set(outcomes) == set(answer_key)
+        good = sorted(code for code, defect in answer_key.items() if defect is None)
+        for code, defect in answer_key.items():
+            outcome = outcomes[code]
+            if defect is None:
+                assert outcome["outcome"] == "acknowledged" and outcome["ack_status"] == "stored", code
+            else:
+                assert outcome["outcome"] == "quarantined", code
+                assert seed.DEFECTS[defect] in {r["rule"] for r in outcome["reasons"]}, (code, outcome["reasons"])
+
+        # The portal holds each good dossier once, and each stored record's signature verifies.
+        stats = sandbox_stats(w.sandbox.url("portal"))
+        assert stats["dossiers"] == stats["versions"] == len(good) == counts["acknowledged"]
+        sink = PortalSink.from_connection("lienthong_portal")
+        trust = TrustStore.from_pem_files([w.settings.keys_dir / "ca.pem"])
+        for found in sink.lookup(good):
+            payload, certificate = unseal(found["record"], trust)
+            assert payload["MaHoSo"] in good and certificate is not None
+        quarantined = [c for c in answer_key if answer_key[c]]
+        assert all(not f.get("record") for f in sink.lookup(quarantined[:20]))
+
+        # A rerun pulls nothing and sends nothing.
+        again = run_route(w.settings, ROUTE)
+        assert again["status"] == "success" and again["counts"]["pulled"] == 0
+        assert sandbox_stats(w.sandbox.url("portal"))["received"] == stats["received"]
+
+        # After an edit to five dossiers and five new ones, only those ten move.
+        touched = good[:5]
+        with pyodbc.connect(w.conn_str, autocommit=False) as conn:
+            dossier_db.touch(conn, touched, dt.datetime.now().replace(microsecond=0))
+        services.seed_dossiers(w.settings, w.conn_str, 5, updated_at=dt.datetime.now().replace(microsecond=0))
+        third = run_route(w.settings, ROUTE)
+        assert third["status"] == "success"
+        assert third["counts"]["pulled"] == 10
+        moved = {o["record_key"] for o in ledger.outcomes(third["run_id"])}
+        assert set(touched) <= moved and len(moved) == 10
+        after = sandbox_stats(w.sandbox.url("portal"))
+        assert after["versions"] == stats["versions"] + third["counts"]["acknowledged"]
+        assert after["received"] == stats["received"] + third["counts"]["pushed"]
+
+        assert leaks(w.settings.home, personal_data(w.conn_str)) == []
+
+
+def test_a_portal_outage_leaves_records_pending_and_the_next_run_delivers_them(tmp_path: Path) -> None:
+    with world(tmp_path / "home", 120) as w:
+        portal = w.sandbox.url("portal")
+        requests.put(f"{portal}/_sandbox/faults", json={"error_rate": 1.0}, timeout=5).raise_for_status()
+        failed = run_route(w.settings, ROUTE)
+        assert failed["status"] == "failed" and failed["dag_run_state"] == "failed"
+        counts = failed["counts"]
+        assert counts["pulled"] == 120 == counts["quarantined"] + counts["pending"]
+        assert counts["pending"] > 0 and counts["acknowledged"] == 0
+
+        requests.put(f"{portal}/_sandbox/faults", json={"error_rate": 0.0}, timeout=5).raise_for_status()
+        recovered = run_route(w.settings, ROUTE)
+        assert recovered["status"] == "success"
+        # The cursor stopped before the first pending record: every pending one is pulled again.
+        assert recovered["counts"]["acknowledged"] == counts["pending"]
+        assert recovered["counts"]["pulled"] <= 120
+        stats = sandbox_stats(portal)
+        assert stats["dossiers"] == stats["versions"] == counts["pending"]
