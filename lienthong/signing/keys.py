@@ -1,0 +1,170 @@
+"""Sandbox keys: a throw-away CA and the agency signing key it certifies.
+
+In production the agency key lives in the agency's HSM or token and its certificate comes from
+the government CA; nothing here is meant for that. The sandbox needs the same shape (a key, its
+certificate, a CA the portal trusts) so that signing and verification run exactly as they will
+for real, with files any standard tool (openssl, a JOSE library) can read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificatePublicKeyTypes,
+    PrivateKeyTypes,
+)
+from cryptography.x509.oid import NameOID
+
+from lienthong.logs import get_logger
+from lienthong.signing.jws import Signer
+from lienthong.signing.trust import TrustStore
+
+log = get_logger(__name__)
+
+SANDBOX_AGENCY_CODE = "000.00.00.H40"
+SANDBOX_AGENCY_NAME = "Cơ quan thử nghiệm lienthong (sandbox)"
+CA_VALIDITY = dt.timedelta(days=3650)
+AGENCY_VALIDITY = dt.timedelta(days=730)
+# Certificates start a little in the past so that a verifier whose clock lags still accepts them.
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class KeyPaths:
+    ca_cert: Path
+    ca_key: Path
+    agency_key: Path
+    agency_cert: Path
+
+    @classmethod
+    def in_dir(cls, keys_dir: Path) -> "KeyPaths":
+        keys_dir = Path(keys_dir)
+        return cls(keys_dir / "ca.pem", keys_dir / "ca.key.pem", keys_dir / "agency.key.pem",
+                   keys_dir / "agency.pem")
+
+
+def agency_subject(agency_code: str, agency_name: str) -> x509.Name:
+    """The agency's name and its QCVN 102 code (as UID), so a verifier sees who signed."""
+    return x509.Name([
+        x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, agency_name),
+        x509.NameAttribute(NameOID.COMMON_NAME, agency_name),
+        x509.NameAttribute(NameOID.USER_ID, agency_code),
+    ])
+
+
+def issue_certificate(
+    subject: x509.Name,
+    public_key: CertificatePublicKeyTypes,
+    signing_key: CertificateIssuerPrivateKeyTypes,
+    issuer: x509.Certificate | None = None,
+    *,
+    ca: bool = False,
+    valid_from: dt.datetime | None = None,
+    valid_for: dt.timedelta = AGENCY_VALIDITY,
+) -> x509.Certificate:
+    """A CA certificate (``ca=True``) or a signing certificate; self-signed when ``issuer`` is None.
+
+    Signing certificates get digitalSignature + contentCommitment: a record signature is a
+    statement by the agency, not just an authentication.
+    """
+    start = valid_from or dt.datetime.now(dt.timezone.utc) - CLOCK_SKEW
+    issuer_name = issuer.subject if issuer is not None else subject
+    issuer_public = issuer.public_key() if issuer is not None else public_key
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + valid_for)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=not ca, content_commitment=not ca, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+            encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public), critical=False)
+    )
+    return builder.sign(signing_key, hashes.SHA256())
+
+
+def init_keys(
+    keys_dir: Path,
+    agency_code: str = SANDBOX_AGENCY_CODE,
+    agency_name: str = SANDBOX_AGENCY_NAME,
+    force: bool = False,
+) -> KeyPaths:
+    """Create the sandbox CA and agency key, keeping whatever already exists unless ``force``.
+
+    Keeping keys matters: records already signed, and the portal's trust store, refer to them.
+    A missing agency key is issued by the existing CA; a new CA always gets a new agency key.
+    """
+    paths = KeyPaths.in_dir(keys_dir)
+    Path(keys_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    new_ca = force or not (paths.ca_cert.exists() and paths.ca_key.exists())
+    if new_ca:
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_subject = x509.Name([
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "lienthong sandbox"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "lienthong sandbox CA"),
+        ])
+        ca_cert = issue_certificate(ca_subject, ca_key.public_key(), ca_key, ca=True, valid_for=CA_VALIDITY)
+        _write_key(paths.ca_key, ca_key)
+        _write(paths.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
+        log.info("sandbox CA created in %s", keys_dir)
+    if new_ca or not (paths.agency_key.exists() and paths.agency_cert.exists()):
+        ca_cert = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+        ca_key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
+        agency_key = ec.generate_private_key(ec.SECP256R1())
+        cert = issue_certificate(agency_subject(agency_code, agency_name), agency_key.public_key(),
+                                 ca_key, ca_cert)
+        _write_key(paths.agency_key, agency_key)
+        _write(paths.agency_cert, cert.public_bytes(serialization.Encoding.PEM))
+        log.info("agency signing key for %s created in %s", agency_code, keys_dir)
+    else:
+        log.info("keys in %s kept", keys_dir)
+    return paths
+
+
+def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write then rename, so a reader never sees half a key."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _write_key(path: Path, key: PrivateKeyTypes) -> None:
+    _write(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()), mode=0o600)
+
+
+def load_signer(keys_dir: Path) -> Signer:
+    """The agency signer; ``agency.pem`` may hold the leaf followed by intermediates."""
+    paths = KeyPaths.in_dir(keys_dir)
+    if not (paths.agency_key.exists() and paths.agency_cert.exists()):
+        raise FileNotFoundError(f"no agency key in {keys_dir}: run `lienthong keys init` first")
+    key = serialization.load_pem_private_key(paths.agency_key.read_bytes(), password=None)
+    chain = x509.load_pem_x509_certificates(paths.agency_cert.read_bytes())
+    return Signer(key, chain)
+
+
+def load_trust_store(paths: Path | Sequence[Path]) -> TrustStore:
+    """Roots from PEM files; a directory stands for the sandbox CA (``ca.pem``) inside it."""
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    files = [KeyPaths.in_dir(p).ca_cert if Path(p).is_dir() else Path(p) for p in items]
+    return TrustStore.from_pem_files(files)
