@@ -26,7 +26,7 @@ class FaultConfig(BaseModel):
 
 
 class FaultSwitch:
-    """Middleware holding the current :class:`FaultConfig`; admin and health paths are never faulted."""
+    """Middleware holding the current :class:`FaultConfig`; ``/health`` and ``/_sandbox/*`` are never faulted."""
 
     def __init__(self, app: WSGIApp, config: FaultConfig | None = None) -> None:
         self.app = app
@@ -41,6 +41,8 @@ class FaultSwitch:
         if path == "/_sandbox/faults":
             return self._admin(Request(environ))(environ, start_response)
         config = self.config
+        if path.startswith("/_sandbox/"):
+            return self.app(environ, start_response)
         if config.latency_ms:
             time.sleep(config.latency_ms / 1000)
         with self._lock:
