@@ -1,0 +1,272 @@
+"""The population database as an enricher: applicants verified in batches, concurrently, politely.
+
+The real service is slow and rate-limited, so calls are batched (up to 100 citizens each), run a
+few at a time, never repeated for a subject already answered, and retried with jittered
+exponential backoff when the failure is transient. A batch that still fails is answered
+"unavailable" rather than raised: its records wait for the next run while the rest go on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import threading
+import unicodedata
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+import requests
+import zeep
+from requests.adapters import HTTPAdapter
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from zeep.exceptions import Error as ZeepError
+from zeep.exceptions import Fault, TransportError
+from zeep.transports import Transport
+
+from lienthong.connectors.connection import POPULATION, base_url, get_connection
+from lienthong.logs import get_logger
+
+log = get_logger(__name__)
+
+Status = Literal["match", "mismatch", "not_found", "invalid", "unavailable"]
+_STATUS: dict[str, Status] = {"KHOP": "match", "KHONG_KHOP": "mismatch", "KHONG_TIM_THAY": "not_found",
+                              "LOI_DU_LIEU": "invalid"}
+_FIELD = {"HoVaTen": "full_name", "NgaySinh": "date_of_birth", "GioiTinh": "gender"}
+_BUSY = "Busy"
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Who a record says its applicant is. Built from raw source rows, so nothing is checked here."""
+
+    personal_id: str | None = None
+    full_name: str | None = None
+    date_of_birth: dt.date | str | None = None
+    gender: Literal["M", "F"] | None = None
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The answer for one subject; ``detail`` never carries personal data (it reaches reports)."""
+
+    status: Status
+    fields: tuple[str, ...] = ()
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class _Query:
+    key: str
+    personal_id: str
+    full_name: str
+    date_of_birth: dt.date
+    gender: str
+
+
+def _prepare(subject: Subject) -> _Query | Verification:
+    """A query ready to send, or "invalid" for what cannot even be put in the request.
+
+    The ID's format is left to the service, which answers it per citizen like any other check.
+    """
+    personal_id = str(subject.personal_id or "").strip()
+    full_name = " ".join(unicodedata.normalize("NFC", str(subject.full_name or "")).split())
+    gender = str(subject.gender or "").strip().upper()
+    missing = [name for name, value in (("personal_id", personal_id), ("full_name", full_name),
+                                        ("date_of_birth", subject.date_of_birth), ("gender", gender)) if not value]
+    if missing:
+        return Verification("invalid", detail="missing " + ", ".join(missing))
+    born = _date(subject.date_of_birth)
+    if born is None:
+        return Verification("invalid", detail="date_of_birth is not an ISO date")
+    if gender not in ("M", "F"):
+        return Verification("invalid", detail="gender is not M or F")
+    key = hashlib.sha256("\x1f".join((personal_id, full_name, born.isoformat(), gender)).encode()).hexdigest()
+    return _Query(key, personal_id, full_name, born, gender)
+
+
+def _date(value: Any) -> dt.date | None:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.datetime.fromisoformat(str(value).strip()).date()
+    except ValueError:
+        return None
+
+
+def _verification(result: Any) -> Verification:
+    """An answer outside the contract is "unavailable": the record waits instead of passing."""
+    status = None if result is None else _STATUS.get(result.MaKetQua)
+    if status is None:
+        return Verification("unavailable", detail="no answer in the contract's terms for this citizen")
+    return Verification(status, tuple(_FIELD.get(f, f) for f in result.TruongSaiLech or ()), result.MoTa or "")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth another try: overload, a gateway hiccup, a dropped connection, a slow answer."""
+    if isinstance(exc, Fault):
+        codes = [exc.code or "", *(getattr(s, "localname", str(s)) for s in exc.subcodes or ())]
+        return any(c.rsplit(".", 1)[-1].rsplit(":", 1)[-1] == _BUSY for c in codes)
+    if isinstance(exc, TransportError):
+        return exc.status_code == 429 or exc.status_code >= 500
+    if isinstance(exc, requests.HTTPError):  # raised while loading the WSDL
+        return exc.response is not None and (exc.response.status_code == 429 or exc.response.status_code >= 500)
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout))
+
+
+def _describe(exc: BaseException) -> str:
+    """Enough to tell failures apart in a log, without the answer body (it may echo the request)."""
+    if isinstance(exc, Fault):
+        return f"SOAP fault {exc.code}"
+    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
+    return f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "")
+
+
+class _QuietTransport(Transport):
+    """zeep's transport logs whole envelopes at DEBUG: names and birth dates included."""
+
+    def post(self, address: str, message: bytes | str, headers: dict[str, str]) -> requests.Response:
+        return self.session.post(address, data=message, headers=headers, timeout=self.operation_timeout)
+
+
+class PopulationVerifier:
+    """A hook-like client of the population database: built from a connection, safe to share.
+
+    One zeep client serves every worker thread: after the WSDL is loaded it is only read, and
+    the requests session under it pools ``concurrency`` connections.
+    """
+
+    def __init__(self, wsdl_url: str, concurrency: int = 4, batch_size: int = 100, timeout: float = 10,
+                 max_attempts: int = 5, backoff: float = 0.5, max_backoff: float = 8,
+                 cache_size: int = 200_000) -> None:
+        if not 1 <= batch_size <= 100:
+            raise ValueError("batch_size must be between 1 and 100, the service's limit")
+        self.wsdl_url = wsdl_url
+        self.concurrency = max(1, concurrency)
+        self.batch_size = batch_size
+        self.timeout = timeout
+        self.max_attempts = max(1, max_attempts)
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.concurrency)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._client: zeep.Client | None = None
+        self._client_lock = threading.Lock()
+        self._cache: OrderedDict[str, Verification] = OrderedDict()
+        self._cache_size = cache_size
+        self._cache_lock = threading.Lock()
+
+    @classmethod
+    def from_connection(cls, conn_id: str = POPULATION) -> "PopulationVerifier":
+        """``extra`` may set path (default ``/population``), concurrency, batch_size, timeout, max_attempts."""
+        conn = get_connection(conn_id)
+        extra = conn.extra_dejson
+        options = {name: kind(extra[name]) for name, kind in (
+            ("concurrency", int), ("batch_size", int), ("timeout", float), ("max_attempts", int)) if name in extra}
+        return cls(f"{base_url(conn)}{extra.get('path', '/population')}?wsdl", **options)
+
+    def check(self) -> list[str]:
+        """Load the WSDL now, in one attempt, and name its operations: the connection test (raises on failure)."""
+        client = self._load()
+        return sorted({name for service in client.wsdl.services.values() for port in service.ports.values()
+                       for name in port.binding.all()})
+
+    def verify(self, subjects: Sequence[Subject]) -> list[Verification]:
+        """One answer per subject, in order; never raises for the service's failures."""
+        results: list[Verification | None] = [None] * len(subjects)
+        queries: dict[str, _Query] = {}
+        positions: dict[str, list[int]] = {}
+        for position, subject in enumerate(subjects):
+            prepared = _prepare(subject)
+            if isinstance(prepared, Verification):
+                results[position] = prepared
+            elif (cached := self._cached(prepared.key)) is not None:
+                results[position] = cached
+            else:
+                queries.setdefault(prepared.key, prepared)
+                positions.setdefault(prepared.key, []).append(position)
+        unique = list(queries.values())
+        batches = [unique[i:i + self.batch_size] for i in range(0, len(unique), self.batch_size)]
+        for key, answer in self._run(batches).items():
+            if answer.status != "unavailable":
+                self._remember(key, answer)
+            for position in positions[key]:
+                results[position] = answer
+        final = [r for r in results if r is not None]
+        tally: dict[str, int] = {}
+        for r in final:
+            tally[r.status] = tally.get(r.status, 0) + 1
+        log.info("verified %d subjects with %d calls for %d distinct queries: %s",
+                 len(final), len(batches), len(unique), tally)
+        return final
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _run(self, batches: list[list[_Query]]) -> dict[str, Verification]:
+        if not batches:
+            return {}
+        try:
+            client = self._service_client()
+        except (ZeepError, requests.RequestException) as exc:
+            log.warning("population database unreachable, %d batches unavailable: %s", len(batches), _describe(exc))
+            down = Verification("unavailable", detail=f"service description could not be loaded: {_describe(exc)}")
+            return {q.key: down for batch in batches for q in batch}
+        answers: dict[str, Verification] = {}
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(batches)),
+                                thread_name_prefix="population") as pool:
+            for batch_answers in pool.map(lambda b: self._verify_batch(client, b), batches):
+                answers.update(batch_answers)
+        return answers
+
+    def _verify_batch(self, client: zeep.Client, batch: list[_Query]) -> dict[str, Verification]:
+        request = [{"MaYeuCau": str(i), "SoDinhDanh": q.personal_id, "HoVaTen": q.full_name,
+                    "NgaySinh": q.date_of_birth, "GioiTinh": q.gender} for i, q in enumerate(batch)]
+        try:
+            reply = self._retrying()(client.service.XacThucDanhSachCongDan, CongDan=request)
+        except (ZeepError, requests.RequestException) as exc:
+            log.warning("batch of %d unavailable: %s", len(batch), _describe(exc))
+            failed = Verification("unavailable", detail=f"population database did not answer: {_describe(exc)}")
+            return {q.key: failed for q in batch}
+        by_id = {r.MaYeuCau: r for r in reply or []}
+        return {query.key: _verification(by_id.get(str(i))) for i, query in enumerate(batch)}
+
+    def _retrying(self) -> Retrying:
+        return Retrying(
+            stop=stop_after_attempt(self.max_attempts),
+            wait=wait_random_exponential(multiplier=self.backoff, max=self.max_backoff),
+            retry=retry_if_exception(is_transient),
+            before_sleep=lambda state: log.debug("attempt %d failed (%s), retrying", state.attempt_number,
+                                                 _describe(state.outcome.exception())),
+            reraise=True,
+        )
+
+    def _service_client(self) -> zeep.Client:
+        """Loaded on first use, with retries, so that building a verifier never needs the network."""
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._retrying()(self._load)
+            return self._client
+
+    def _load(self) -> zeep.Client:
+        transport = _QuietTransport(session=self._session, timeout=self.timeout, operation_timeout=self.timeout)
+        settings = zeep.Settings(strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+        return zeep.Client(self.wsdl_url, transport=transport, settings=settings)
+
+    def _cached(self, key: str) -> Verification | None:
+        with self._cache_lock:
+            answer = self._cache.get(key)
+            if answer is not None:
+                self._cache.move_to_end(key)
+            return answer
+
+    def _remember(self, key: str, answer: Verification) -> None:
+        """Bounded (least recently used goes first): a backfill sees millions of applicants."""
+        with self._cache_lock:
+            self._cache[key] = answer
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)

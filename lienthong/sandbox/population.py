@@ -1,0 +1,387 @@
+"""The population database stand-in (Cơ sở dữ liệu quốc gia về dân cư), spoken to over SOAP.
+
+Hand-written on lxml rather than on a SOAP server framework, so that what the connector must
+survive is in plain sight: both SOAP versions and their fault shapes, a hard refusal of DTDs and
+entities, a body-size cap, a batch cap, a deliberate per-call delay and a concurrency limit that
+answers a transient "Busy" fault. The contract itself is ``schemas/population.wsdl``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import sqlite3
+import threading
+import time
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+
+from lxml import etree
+from werkzeug.wrappers import Request, Response
+
+from lienthong import schemas
+from lienthong.logs import get_logger
+from lienthong.sandbox.faults import FaultConfig, FaultSwitch
+
+log = get_logger(__name__)
+
+PATH = "/population"
+NS = "urn:lienthong:sandbox:population:v1"
+SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
+SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
+_CONTENT_TYPE = {SOAP11: "text/xml; charset=utf-8", SOAP12: "application/soap+xml; charset=utf-8"}
+_WSDL_ADDRESS = ("{http://schemas.xmlsoap.org/wsdl/soap/}address",
+                 "{http://schemas.xmlsoap.org/wsdl/soap12/}address")
+SINGLE, BATCH = "XacThucCongDan", "XacThucDanhSachCongDan"
+ACTIONS = {op: f"{NS}#{op}" for op in (SINGLE, BATCH)}
+MAX_BODY = 2 * 1024 * 1024
+MAX_BATCH = 100
+BUSY = "Busy"
+
+_ID = re.compile(r"\d{12}")
+_XS_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})(?:Z|[+-]\d{2}:\d{2})?")
+FaultCode = Literal["Client", "Server", "VersionMismatch"]
+_SOAP12_CODE = {"Client": "Sender", "Server": "Receiver", "VersionMismatch": "VersionMismatch"}
+
+
+@dataclass(frozen=True)
+class Citizen:
+    """A registry entry: the truth about a person that requests are compared with."""
+
+    personal_id: str
+    full_name: str
+    date_of_birth: dt.date
+    gender: Literal["M", "F"]
+
+
+class PopulationRegistry:
+    """Citizens in a SQLite file, shared by the threads of a threaded server through one lock.
+
+    Lookups are by primary key and take microseconds, so one connection behind a lock costs less
+    than a connection per request thread; the deliberate slowness is added elsewhere.
+    """
+
+    def __init__(self, db_path: Path) -> None:
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(db_path, check_same_thread=False)
+        with self._lock, self._conn:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS citizens (personal_id TEXT PRIMARY KEY, full_name TEXT NOT NULL,"
+                " date_of_birth TEXT NOT NULL, gender TEXT NOT NULL CHECK (gender IN ('M', 'F')))")
+
+    def add_citizens(self, citizens: Iterable[Citizen]) -> int:
+        """Upsert by personal ID in one transaction; returns how many were written."""
+        written = 0
+
+        def rows() -> Iterator[tuple[str, str, str, str]]:
+            nonlocal written
+            for c in citizens:
+                written += 1
+                yield c.personal_id, c.full_name, c.date_of_birth.isoformat(), c.gender
+
+        with self._lock, self._conn:
+            self._conn.executemany(
+                "INSERT INTO citizens (personal_id, full_name, date_of_birth, gender) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (personal_id) DO UPDATE SET full_name = excluded.full_name,"
+                " date_of_birth = excluded.date_of_birth, gender = excluded.gender", rows())
+        return written
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM citizens").fetchone()[0])
+
+    def lookup(self, personal_ids: Sequence[str]) -> dict[str, Citizen]:
+        """One query for a whole batch (at most 100 IDs, well under SQLite's variable limit)."""
+        if not personal_ids:
+            return {}
+        marks = ", ".join("?" * len(personal_ids))
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT personal_id, full_name, date_of_birth, gender FROM citizens WHERE personal_id IN ({marks})",
+                list(personal_ids)).fetchall()
+        return {r[0]: Citizen(r[0], r[1], dt.date.fromisoformat(r[2]), r[3]) for r in rows}
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def name_key(name: str) -> str:
+    """Names compare equal whatever the Unicode composition, letter case or spacing.
+
+    Vietnamese text arrives both precomposed (NFC) and decomposed (NFD, from some Mac and legacy
+    input methods); "Nguyễn  văn An" and "NGUYỄN VĂN AN" are the same name.
+    """
+    folded = unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
+    return " ".join(folded.split())
+
+
+@dataclass(frozen=True)
+class _Item:
+    request_id: str | None
+    personal_id: str
+    full_name: str
+    date_of_birth: str
+    gender: str
+
+
+@dataclass(frozen=True)
+class _Result:
+    code: str
+    description: str
+    fields: tuple[str, ...] = ()
+
+
+def _check(item: _Item, known: dict[str, Citizen]) -> _Result:
+    """One answer. Descriptions name fields, never values: they end up in the caller's logs."""
+    problems = []
+    if not _ID.fullmatch(item.personal_id):
+        problems.append("SoDinhDanh phải gồm đúng 12 chữ số")
+    if not name_key(item.full_name):
+        problems.append("HoVaTen trống")
+    born = _xs_date(item.date_of_birth)
+    if born is None:
+        problems.append("NgaySinh không phải ngày hợp lệ (YYYY-MM-DD)")
+    if item.gender not in ("M", "F"):
+        problems.append("GioiTinh phải là M hoặc F")
+    if problems:
+        return _Result("LOI_DU_LIEU", "Dữ liệu không hợp lệ: " + "; ".join(problems))
+    citizen = known.get(item.personal_id)
+    if citizen is None:
+        return _Result("KHONG_TIM_THAY", "Không tìm thấy công dân có số định danh này")
+    fields = tuple(name for name, same in (
+        ("HoVaTen", name_key(item.full_name) == name_key(citizen.full_name)),
+        ("NgaySinh", born == citizen.date_of_birth),
+        ("GioiTinh", item.gender == citizen.gender),
+    ) if not same)
+    if fields:
+        return _Result("KHONG_KHOP", "Thông tin không khớp: " + ", ".join(fields), fields)
+    return _Result("KHOP", "Thông tin công dân khớp với cơ sở dữ liệu")
+
+
+def _xs_date(text: str) -> dt.date | None:
+    """An xs:date; a time-zone suffix is allowed by XSD and says nothing about a birthday."""
+    match = _XS_DATE.fullmatch(text)
+    try:
+        return dt.date.fromisoformat(match.group(1)) if match else None
+    except ValueError:
+        return None
+
+
+class SoapFault(Exception):
+    """Raised anywhere below the dispatcher; answered in the SOAP version the caller spoke."""
+
+    def __init__(self, code: FaultCode, reason: str, status: int | None = None, subcode: str | None = None):
+        super().__init__(reason)
+        self.code, self.reason, self.status, self.subcode = code, reason, status, subcode
+
+
+def fault_response(envelope_ns: str, fault: SoapFault) -> Response:
+    """SOAP 1.1: faultcode/faultstring, HTTP 500. SOAP 1.2: Code/Subcode/Reason, 400 for the sender's fault."""
+    envelope, body = _envelope(envelope_ns)
+    node = etree.SubElement(body, f"{{{envelope_ns}}}Fault")
+    if envelope_ns == SOAP11:
+        code = f"soap:{fault.code}" + (f".{fault.subcode}" if fault.subcode else "")
+        etree.SubElement(node, "faultcode").text = code
+        etree.SubElement(node, "faultstring").text = fault.reason
+        status = fault.status or 500
+    else:
+        code_node = etree.SubElement(node, f"{{{SOAP12}}}Code")
+        etree.SubElement(code_node, f"{{{SOAP12}}}Value").text = f"soap:{_SOAP12_CODE[fault.code]}"
+        if fault.subcode:
+            sub = etree.SubElement(code_node, f"{{{SOAP12}}}Subcode")
+            etree.SubElement(sub, f"{{{SOAP12}}}Value", nsmap={"p": NS}).text = f"p:{fault.subcode}"
+        reason = etree.SubElement(etree.SubElement(node, f"{{{SOAP12}}}Reason"), f"{{{SOAP12}}}Text")
+        reason.set("{http://www.w3.org/XML/1998/namespace}lang", "en")
+        reason.text = fault.reason
+        status = fault.status or (400 if fault.code == "Client" else 500)
+    return _xml_response(envelope, envelope_ns, status)
+
+
+def _envelope(envelope_ns: str) -> tuple[etree._Element, etree._Element]:
+    envelope = etree.Element(f"{{{envelope_ns}}}Envelope", nsmap={"soap": envelope_ns})
+    return envelope, etree.SubElement(envelope, f"{{{envelope_ns}}}Body")
+
+
+def _xml_response(envelope: etree._Element, envelope_ns: str, status: int = 200) -> Response:
+    return Response(etree.tostring(envelope, xml_declaration=True, encoding="utf-8"), status=status,
+                    content_type=_CONTENT_TYPE[envelope_ns])
+
+
+class _DoctypeGuard:
+    """A parser target that stops at ``<!DOCTYPE``, before any declaration inside it is read.
+
+    So an entity bomb or an external entity is refused without relying on the parser's own
+    amplification limits, which differ between libxml2 versions.
+    """
+
+    def doctype(self, name: str, pubid: str | None, system: str | None) -> None:
+        raise SoapFault("Client", "DTDs and entity declarations are not allowed")
+
+    def close(self) -> None:
+        return None
+
+
+def _parser(target: _DoctypeGuard | None = None) -> etree.XMLParser:
+    """A new parser each time: lxml parser objects must not be used by two threads at once."""
+    return etree.XMLParser(target=target, resolve_entities=False, no_network=True, load_dtd=False,
+                           dtd_validation=False, huge_tree=False, remove_pis=True)
+
+
+def _parse(data: bytes) -> etree._Element:
+    """Two passes: a scan that refuses any DOCTYPE (cheap, in C but for one callback), then the tree."""
+    try:
+        etree.fromstring(data, _parser(_DoctypeGuard()))
+        return etree.fromstring(data, _parser())
+    except etree.XMLSyntaxError as exc:
+        raise SoapFault("Client", f"malformed XML at line {exc.lineno}") from None
+
+
+class PopulationService:
+    """The WSGI app behind the fault switch: ``GET ?wsdl`` and SOAP ``POST`` on :data:`PATH`."""
+
+    def __init__(self, registry: PopulationRegistry, max_concurrent: int = 16, latency_ms: float = 0) -> None:
+        self.registry = registry
+        self.max_concurrent = max_concurrent
+        self.latency_ms = latency_ms
+        self._wsdl = schemas.path("population.wsdl").read_bytes()
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        request = Request(environ)
+        if request.path.rstrip("/") != PATH:
+            response = Response("not found", status=404)
+        elif request.method == "GET" and any(k.lower() == "wsdl" for k in request.args):
+            response = self.wsdl(request.base_url)
+        elif request.method == "POST":
+            response = self._post(request)
+        else:
+            response = Response("GET ?wsdl for the service description, POST SOAP to call it", status=405)
+        return response(environ, start_response)
+
+    def wsdl(self, address: str) -> Response:
+        """The contract with every port pointing where the caller reached us (proxies, random ports)."""
+        root = etree.fromstring(self._wsdl)
+        for node in root.iter(*_WSDL_ADDRESS):
+            node.set("location", address)
+        return Response(etree.tostring(root, xml_declaration=True, encoding="utf-8"),
+                        content_type="text/xml; charset=utf-8")
+
+    def _post(self, request: Request) -> Response:
+        envelope_ns = {"text/xml": SOAP11, "application/soap+xml": SOAP12}.get(request.mimetype)
+        if envelope_ns is None:
+            return fault_response(SOAP11, SoapFault("Client", "content type must be text/xml (SOAP 1.1) "
+                                                              "or application/soap+xml (SOAP 1.2)", status=415))
+        if not self._admit():
+            log.debug("busy: %d requests in flight", self.max_concurrent)
+            return fault_response(envelope_ns, SoapFault(
+                "Server", f"{BUSY}: more than {self.max_concurrent} requests in flight, retry later",
+                status=503, subcode=BUSY))
+        try:
+            if self.latency_ms:
+                time.sleep(self.latency_ms / 1000)
+            return self._soap(request, envelope_ns)
+        except SoapFault as fault:
+            log.info("SOAP fault %s: %s", fault.code, fault.reason)
+            return fault_response(envelope_ns, fault)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _admit(self) -> bool:
+        with self._lock:
+            if self._in_flight >= self.max_concurrent:
+                return False
+            self._in_flight += 1
+            return True
+
+    def _soap(self, request: Request, envelope_ns: str) -> Response:
+        if (request.content_length or 0) > MAX_BODY:
+            raise SoapFault("Client", f"request body over {MAX_BODY} bytes")
+        data = request.stream.read(MAX_BODY + 1)
+        if len(data) > MAX_BODY:
+            raise SoapFault("Client", f"request body over {MAX_BODY} bytes")
+        root = _parse(data)
+        if etree.QName(root).localname != "Envelope" or etree.QName(root).namespace not in _CONTENT_TYPE:
+            raise SoapFault("Client", "the document is not a SOAP envelope")
+        if root.tag != f"{{{envelope_ns}}}Envelope":
+            raise SoapFault("VersionMismatch", "the envelope version does not match the content type")
+        body = root.find(f"{{{envelope_ns}}}Body")
+        payload = [] if body is None else [child for child in body if isinstance(child.tag, str)]
+        if len(payload) != 1:
+            raise SoapFault("Client", "the SOAP body must hold exactly one operation element")
+        operation = etree.QName(payload[0])
+        if operation.namespace != NS or operation.localname not in ACTIONS:
+            raise SoapFault("Client", f"unknown operation {{{operation.namespace}}}{operation.localname}")
+        self._check_action(request, envelope_ns, operation.localname)
+        if operation.localname == SINGLE:
+            return self._single(payload[0], envelope_ns)
+        return self._batch(payload[0], envelope_ns)
+
+    @staticmethod
+    def _check_action(request: Request, envelope_ns: str, operation: str) -> None:
+        if envelope_ns == SOAP11:
+            header = request.headers.get("SOAPAction")
+            if header is None:
+                raise SoapFault("Client", "SOAP 1.1 requests need a SOAPAction header")
+            action = header.strip().strip('"')
+        else:
+            action = request.mimetype_params.get("action", "")
+        if action and action != ACTIONS[operation]:
+            raise SoapFault("Client", f"the SOAP action does not match the operation {operation}")
+
+    def _single(self, element: etree._Element, envelope_ns: str) -> Response:
+        result = self._verify([_read_item(element, None)])[0]
+        envelope, body = _envelope(envelope_ns)
+        answer = etree.SubElement(body, f"{{{NS}}}{SINGLE}Response", nsmap={"p": NS})
+        _write_result(etree.SubElement(answer, f"{{{NS}}}KetQua"), None, result)
+        return _xml_response(envelope, envelope_ns)
+
+    def _batch(self, element: etree._Element, envelope_ns: str) -> Response:
+        nodes = element.findall(f"{{{NS}}}CongDan")
+        if not nodes:
+            raise SoapFault("Client", "a batch needs at least one CongDan")
+        if len(nodes) > MAX_BATCH:
+            raise SoapFault("Client", f"a batch holds at most {MAX_BATCH} CongDan, got {len(nodes)}")
+        items = [_read_item(node, (node.findtext(f"{{{NS}}}MaYeuCau") or "").strip()) for node in nodes]
+        ids = [item.request_id for item in items]
+        if not all(ids) or len(set(ids)) != len(ids):
+            raise SoapFault("Client", "every CongDan needs its own MaYeuCau, unique within the batch")
+        results = self._verify(items)
+        envelope, body = _envelope(envelope_ns)
+        answer = etree.SubElement(body, f"{{{NS}}}{BATCH}Response", nsmap={"p": NS})
+        for item, result in zip(items, results):
+            _write_result(etree.SubElement(answer, f"{{{NS}}}KetQua"), item.request_id, result)
+        log.debug("batch of %d verified", len(items))
+        return _xml_response(envelope, envelope_ns)
+
+    def _verify(self, items: Sequence[_Item]) -> list[_Result]:
+        known = self.registry.lookup(sorted({i.personal_id for i in items if _ID.fullmatch(i.personal_id)}))
+        return [_check(item, known) for item in items]
+
+
+def _read_item(element: etree._Element, request_id: str | None) -> _Item:
+    def text(name: str) -> str:
+        return (element.findtext(f"{{{NS}}}{name}") or "").strip()
+
+    return _Item(request_id, text("SoDinhDanh"), text("HoVaTen"), text("NgaySinh"), text("GioiTinh"))
+
+
+def _write_result(node: etree._Element, request_id: str | None, result: _Result) -> None:
+    if request_id is not None:
+        etree.SubElement(node, f"{{{NS}}}MaYeuCau").text = request_id
+    etree.SubElement(node, f"{{{NS}}}MaKetQua").text = result.code
+    for name in result.fields:
+        etree.SubElement(node, f"{{{NS}}}TruongSaiLech").text = name
+    etree.SubElement(node, f"{{{NS}}}MoTa").text = result.description
+
+
+def create_app(db_path: Path, faults: FaultConfig | None = None, max_concurrent: int = 16,
+               latency_ms: float = 0) -> FaultSwitch:
+    """The service behind its fault switch; ``latency_ms`` is the real system's slowness, per call."""
+    service = PopulationService(PopulationRegistry(db_path), max_concurrent, latency_ms)
+    return FaultSwitch(service, faults)
