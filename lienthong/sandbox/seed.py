@@ -12,11 +12,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from faker import Faker
 
 from lienthong.gates.personal_id import PROVINCES, make_personal_id
+from lienthong.sandbox.population import Citizen
 
 # defect -> the quarantine rule that must name it (the gate may add others: every reason counts).
 DEFECTS: dict[str, str] = {
@@ -95,16 +96,6 @@ class Dossier:
 
 
 @dataclass
-class Citizen:
-    """A registry entry as the population database holds it (the truth about a person)."""
-
-    personal_id: str
-    full_name: str
-    date_of_birth: dt.date
-    gender: str
-
-
-@dataclass
 class Seed:
     applicants: list[Applicant]
     dossiers: list[Dossier]
@@ -168,6 +159,9 @@ def generate(count: int, seed: int = 20250701, first_dossier_id: int = 1,
             applicant, citizen = maker.person(next_applicant)
             next_applicant += 1
             applicants.append(applicant)
+            if defect == "name_mismatch":  # the registry knows the person by another given name
+                given = "Khánh" if not citizen.full_name.endswith("Khánh") else "Phúc"
+                citizen = replace(citizen, full_name=f"{citizen.full_name.rsplit(' ', 1)[0]} {given}")
             if defect != "unknown_citizen":
                 citizens.append(citizen)
             if defect == "id_birth_year":
@@ -176,9 +170,6 @@ def generate(count: int, seed: int = 20250701, first_dossier_id: int = 1,
                     year=applicant.date_of_birth.year + shift, day=min(applicant.date_of_birth.day, 28))
             elif defect == "id_gender":
                 applicant.gender = "F" if applicant.gender == "M" else "M"
-            elif defect == "name_mismatch":
-                citizen.full_name = citizen.full_name.rsplit(" ", 1)[0] + " " + (
-                    "Khánh" if not citizen.full_name.endswith("Khánh") else "Phúc")
             elif defect is None:
                 reusable.append(applicant)
 

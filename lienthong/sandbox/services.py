@@ -112,7 +112,7 @@ def start(s: Settings, ports: dict[str, int] | None = None, latency_ms: dict[str
 
 def seed_dossiers(s: Settings, conn_str: str, count: int, updated_at: Any = None) -> int:
     """Adds ``count`` dossiers after the existing ones and registers their citizens."""
-    from lienthong.sandbox.population import Citizen, PopulationRegistry
+    from lienthong.sandbox.population import PopulationRegistry
 
     with pyodbc.connect(conn_str, autocommit=False) as conn:
         dossier_db.create_schema(conn)
@@ -120,7 +120,5 @@ def seed_dossiers(s: Settings, conn_str: str, count: int, updated_at: Any = None
         made = seed.generate(count, first_dossier_id=first_dossier, first_applicant_id=first_applicant,
                              updated_at=updated_at)
         dossier_db.insert(conn, made)
-    PopulationRegistry(s.sandbox_dir / "population.db").add_citizens(
-        Citizen(personal_id=c.personal_id, full_name=c.full_name, date_of_birth=c.date_of_birth, gender=c.gender)
-        for c in made.citizens)
+    PopulationRegistry(s.sandbox_dir / "population.db").add_citizens(made.citizens)
     return count
