@@ -31,8 +31,9 @@ runs = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
     Column("status", String(20), nullable=False),
-    Column("cursor_before", JSON),
-    Column("cursor_after", JSON),
+    # none_as_null: "no cursor yet" must be SQL NULL, not the JSON value null, to be filtered.
+    Column("cursor_before", JSON(none_as_null=True)),
+    Column("cursor_after", JSON(none_as_null=True)),
     Column("counts", JSON),
     Column("quarantine_reasons", JSON),
 )
