@@ -45,12 +45,15 @@ def run_route(s: Settings, route: str, on_progress: Progress | None = None) -> d
             on_progress(stage_progress(s, route, started))
         time.sleep(0.3)
     result = json.loads(result_file.read_text()) if result_file.exists() else {"error": "the run process died"}
+    run = Ledger(s.state_db_url).latest_run(route)
     result_file.unlink(missing_ok=True)
     if "error" in result:
         raise RuntimeError(f"{result['error']}: see {log_file}")
-    run = Ledger(s.state_db_url).latest_run(route)
     if run is None or run["started_at"].timestamp() < started - 1:
         raise RuntimeError(f"the DAG run left no run record; see {log_file}")
+    if on_progress:
+        stages = (run["counts"] or {}).get("stages", {})
+        on_progress({name: counts.get("records", 0) for name, counts in stages.items()})
     return {"dag_run_state": result["state"], "log_file": str(log_file), "seconds": round(time.time() - started, 1), **run}
 
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def _demo(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LIENTHONG_HOME": str(home)}
+    env = {**os.environ, "LIENTHONG_HOME": str(home), "COLUMNS": "160"}
     env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW_CONN_")}
     return subprocess.run([sys.executable, "-m", "lienthong.cli", "demo", *args], env=env,
                           capture_output=True, text=True, timeout=600)

@@ -22,7 +22,7 @@ from lienthong.mappings.engine import MappingEngine
 from lienthong.routes.route import Route, get_route
 from lienthong.settings import settings
 from lienthong.signing.canonical import content_hash
-from lienthong.staging import RunStaging
+from lienthong.staging import STAGES, RunStaging
 
 log = get_logger(__name__)
 
@@ -257,7 +257,9 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
                 stuck_at = stuck_at or Cursor.model_validate(row["cursor"])
             elif stuck_at is None:
                 last_settled = Cursor.model_validate(row["cursor"])
-    complete = all(staging.stage(name).done for name in ("extract", "verify", "map", "gate", "sign", "push"))
+    done = {name: staging.stage(name) for name in STAGES if staging.stage(name).done}
+    counts["stages"] = {name: stage.counts() for name, stage in done.items()}
+    complete = len(done) == len(STAGES)
     status = SUCCESS if complete and counts["pending"] == 0 else FAILED
     ledger.settle(run_id, outcomes, status, last_settled, counts, reasons)
     log.info("run %s settled: %s", run_id, counts)
@@ -330,6 +332,8 @@ def _tally(tally: dict[str, int], statuses: Any) -> None:
 
 
 def _finish(stage: Any, counts: dict[str, Any]) -> dict[str, Any]:
+    """Every stage's counts say how many records it handled, with its own breakdown beside."""
+    counts = {"records": sum(counts.values()), **counts} if "records" not in counts else counts
     stage.mark_done(counts)
     return counts
 
