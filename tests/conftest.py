@@ -10,6 +10,9 @@ import pytest
 
 from lienthong.sandbox import dossier_db
 from lienthong.settings import Settings
+from lienthong.signing.jws import Signer
+from lienthong.signing.keys import init_keys, load_signer, load_trust_store
+from lienthong.signing.trust import TrustStore
 
 POSTGRES = ("DRIVER={PostgreSQL Unicode};SERVER=127.0.0.1;PORT=5432;DATABASE=lienthong_test;"
             "UID=lienthong;PWD=lienthong")
@@ -33,3 +36,21 @@ def dossier_conn_str(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     with pyodbc.connect(conn_str, autocommit=False) as conn:
         dossier_db.create_schema(conn, reset=True)
     yield conn_str
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Sandbox CA and agency key, made once per test module."""
+    keys_dir = tmp_path_factory.mktemp("keys")
+    init_keys(keys_dir)
+    return keys_dir
+
+
+@pytest.fixture(scope="module")
+def signer(keys: Path) -> Signer:
+    return load_signer(keys)
+
+
+@pytest.fixture(scope="module")
+def trust(keys: Path) -> TrustStore:
+    return load_trust_store(keys)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 
 from lienthong.gates import gate
 from lienthong.gates.personal_id import make_personal_id

@@ -21,7 +21,7 @@ from lienthong.sandbox.http import ServerThread, free_port
 from lienthong.sandbox.portal import create_app, sandbox_stats
 from lienthong.signing.canonical import canonical_json
 from lienthong.signing.jws import Signer
-from lienthong.signing.keys import init_keys, load_signer, load_trust_store
+from lienthong.signing.keys import init_keys, load_signer
 from lienthong.signing.records import seal, unseal
 from lienthong.signing.trust import TrustStore
 
@@ -61,23 +61,6 @@ def dossier(n: int, **changes: Any) -> dict[str, Any]:
         "DanhSachGiayToKetQua": [],
         **changes,
     }
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    keys_dir = tmp_path_factory.mktemp("keys")
-    init_keys(keys_dir)
-    return keys_dir
-
-
-@pytest.fixture(scope="module")
-def signer(keys: Path) -> Signer:
-    return load_signer(keys)
-
-
-@pytest.fixture(scope="module")
-def trust(keys: Path) -> TrustStore:
-    return load_trust_store(keys)
 
 
 @contextmanager

@@ -44,23 +44,6 @@ def header_of(token: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    keys_dir = tmp_path_factory.mktemp("keys")
-    init_keys(keys_dir)
-    return keys_dir
-
-
-@pytest.fixture(scope="module")
-def signer(keys: Path) -> Signer:
-    return load_signer(keys)
-
-
-@pytest.fixture(scope="module")
-def trust(keys: Path) -> TrustStore:
-    return load_trust_store(keys)
-
-
-@pytest.fixture(scope="module")
 def ca(keys: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     paths = KeyPaths.in_dir(keys)
     return (x509.load_pem_x509_certificate(paths.ca_cert.read_bytes()),

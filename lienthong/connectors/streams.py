@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -23,64 +23,39 @@ def identifier(value: str) -> str:
     return value
 
 
+Name = Annotated[str, AfterValidator(identifier)]
+
+
 class Join(BaseModel):
     """A to-one table joined onto each row; its columns arrive as ``<alias>.<column>``."""
 
     model_config = ConfigDict(extra="forbid")
-    table: str
-    alias: str
-    local_key: str
-    remote_key: str
-    columns: list[str]
-
-    _names = field_validator("table", "alias", "local_key", "remote_key")(identifier)
-
-    @field_validator("columns")
-    @classmethod
-    def _columns(cls, value: list[str]) -> list[str]:
-        return [identifier(c) for c in value]
+    table: Name
+    alias: Name
+    local_key: Name
+    remote_key: Name
+    columns: list[Name]
 
 
 class Child(BaseModel):
     """A to-many table fetched per batch by foreign key; its rows arrive as a list on the record."""
 
     model_config = ConfigDict(extra="forbid")
-    table: str
-    foreign_key: str
-    order_by: str = "id"
-    columns: list[str]
-
-    _names = field_validator("table", "foreign_key", "order_by")(identifier)
-
-    @field_validator("columns")
-    @classmethod
-    def _columns(cls, value: list[str]) -> list[str]:
-        return [identifier(c) for c in value]
+    table: Name
+    foreign_key: Name
+    order_by: Name = "id"
+    columns: list[Name]
 
 
 class Stream(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    table: str
-    primary_key: str
-    cursor_field: str
-    columns: list[str]
+    table: Name
+    primary_key: Name
+    cursor_field: Name
+    columns: list[Name]
     joins: list[Join] = Field(default_factory=list)
-    children: dict[str, Child] = Field(default_factory=dict)
+    children: dict[Name, Child] = Field(default_factory=dict)
     page_size: int = Field(500, ge=1, le=50_000)
-
-    _names = field_validator("table", "primary_key", "cursor_field")(identifier)
-
-    @field_validator("columns")
-    @classmethod
-    def _columns(cls, value: list[str]) -> list[str]:
-        return [identifier(c) for c in value]
-
-    @field_validator("children")
-    @classmethod
-    def _child_names(cls, value: dict[str, Child]) -> dict[str, Child]:
-        for name in value:
-            identifier(name)
-        return value
 
 
 class Cursor(BaseModel):

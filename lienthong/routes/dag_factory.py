@@ -24,6 +24,22 @@ DEFAULT_ARGS = {
 }
 
 
+# task id -> the function of lienthong.routes.stages it runs, in order after extract.
+STAGE_TASKS = (("verify", "verify"), ("map", "map_records"), ("gate", "gate_records"),
+               ("sign", "sign"), ("push", "push"))
+
+
+def _stage_task(route_name: str, task_id: str, function: str) -> Any:
+    @task(task_id=task_id)
+    def run_stage(ref: dict[str, str]) -> dict[str, str]:
+        from lienthong.routes import stages
+
+        getattr(stages, function)(route_name, ref["run_id"])
+        return ref
+
+    return run_stage
+
+
 def build_dag(route: Route) -> DAG:
     name = route.name
 
@@ -52,41 +68,6 @@ def build_dag(route: Route) -> DAG:
             stages.extract(name, ref["run_id"], context["dag"].dag_id, context["run_id"])
             return ref
 
-        @task(task_id="verify")
-        def verify(ref: dict[str, str]) -> dict[str, str]:
-            from lienthong.routes import stages
-
-            stages.verify(name, ref["run_id"])
-            return ref
-
-        @task(task_id="map")
-        def map_(ref: dict[str, str]) -> dict[str, str]:
-            from lienthong.routes import stages
-
-            stages.map_records(name, ref["run_id"])
-            return ref
-
-        @task(task_id="gate")
-        def gate(ref: dict[str, str]) -> dict[str, str]:
-            from lienthong.routes import stages
-
-            stages.gate_records(name, ref["run_id"])
-            return ref
-
-        @task(task_id="sign")
-        def sign(ref: dict[str, str]) -> dict[str, str]:
-            from lienthong.routes import stages
-
-            stages.sign(name, ref["run_id"])
-            return ref
-
-        @task(task_id="push")
-        def push(ref: dict[str, str]) -> dict[str, str]:
-            from lienthong.routes import stages
-
-            stages.push(name, ref["run_id"])
-            return ref
-
         @task(task_id="record", trigger_rule=TriggerRule.ALL_DONE, retries=0)
         def record(**context: Any) -> dict[str, Any]:
             """Runs whatever happened upstream, so every pulled record is accounted for."""
@@ -94,6 +75,8 @@ def build_dag(route: Route) -> DAG:
 
             return stages.record(name, ref_of(context)["run_id"])
 
-        pushed = push(sign(gate(map_(verify(extract())))))
-        pushed >> record()
+        ref = extract()
+        for task_id, function in STAGE_TASKS:
+            ref = _stage_task(name, task_id, function)(ref)
+        ref >> record()
     return dag

@@ -126,7 +126,7 @@ def map_records(route_name: str, run_id: str) -> dict[str, Any]:
         rows = source.read_part(index)
         if not stage.has_part(index):
             verifications = verified.read_part(index) if verified.has_part(index) else [None] * len(rows)
-            stage.write_part(index, (_mapped(engine, r["row"], v) for r, v in zip(rows, verifications)))
+            stage.write_part(index, (_mapped(engine, r["row"], v) for r, v in zip(rows, verifications, strict=True)))
         tally["records"] += len(rows)
         tally["with_errors"] += sum(1 for m in stage.read_part(index) if m["errors"])
         stage.report_progress(tally)
@@ -174,7 +174,7 @@ def sign(route_name: str, run_id: str) -> dict[str, Any]:
             payloads = mapped.read_part(index)
             stage.write_part(index, (
                 seal(m["payload"], signer) if v["status"] == gate.PASS else None
-                for m, v in zip(payloads, verdicts)
+                for m, v in zip(payloads, verdicts, strict=True)
             ))
         signed += sum(1 for v in verdicts if v["status"] == gate.PASS)
         stage.report_progress({"records": signed})
@@ -216,7 +216,7 @@ def push(route_name: str, run_id: str) -> dict[str, Any]:
                 stage.write_part(index, acks)
                 raise
             at = _now()
-            for i, ack in zip(chunk, answers):
+            for i, ack in zip(chunk, answers, strict=True):
                 acks[i] = {"error_code": ack.error_code, "status": ack.status, "message": ack.message, "at": at}
             stage.write_part(index, acks)
         if not stage.has_part(index):
