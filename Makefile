@@ -31,7 +31,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 # Re-resolve the pinned set after changing pyproject.toml.
 lock: setup
-	$(VENV)/bin/uv pip compile pyproject.toml --extra test --python-version 3.11 -o requirements.lock
+	SSL_CERT_FILE=$${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt} $(VENV)/bin/uv pip compile pyproject.toml --extra test --python-version 3.11 -o requirements.lock
 
 clean-data:
 	rm -rf .lienthong

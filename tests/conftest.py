@@ -54,3 +54,22 @@ def signer(keys: Path) -> Signer:
 @pytest.fixture(scope="module")
 def trust(keys: Path) -> TrustStore:
     return load_trust_store(keys)
+
+
+POSTGRES_STATE_DB = "postgresql+psycopg://lienthong:lienthong@127.0.0.1:5432/lienthong_test"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def state_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The state database through SQLAlchemy: the SQLite default and PostgreSQL by URL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    from sqlalchemy import create_engine
+
+    from lienthong.audit.ledger import metadata
+
+    engine = create_engine(POSTGRES_STATE_DB)
+    metadata.drop_all(engine)
+    engine.dispose()
+    yield POSTGRES_STATE_DB

@@ -60,14 +60,14 @@ outcomes = Table(
 
 @lru_cache(maxsize=8)
 def engine(url: str) -> Engine:
-    eng = create_engine(url, future=True)
-    metadata.create_all(eng)
-    return eng
+    """One connection pool per database per process."""
+    return create_engine(url, future=True)
 
 
 class Ledger:
     def __init__(self, url: str) -> None:
         self.engine = engine(url)
+        metadata.create_all(self.engine)  # only creates what is missing
 
     def start_run(self, run_id: str, route: str, dag_id: str | None, airflow_run_id: str | None,
                   cursor_before: Cursor | None) -> None:
