@@ -1,0 +1,94 @@
+"""A stage that fails part-way resumes from staging: the retried push sends only what is left.
+
+The stages are called directly here (the DAG tests run them through Airflow); the dossier
+database, the population database and the portal are the real sandbox over ODBC and HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from lienthong.connectors import connection
+from lienthong.connectors.rest import PortalUnavailable
+from lienthong.routes import stages
+from lienthong.sandbox import population, portal, services
+from lienthong.sandbox.http import ServerThread
+from lienthong.settings import Settings
+from lienthong.signing.keys import init_keys
+from lienthong.signing.trust import TrustStore
+from lienthong.staging import RunStaging
+from tests.conftest import sqlite_connection_string
+
+ROUTE = "dossier_sync"
+
+
+class FailAfter:
+    """Lets ``allowed`` DongBoHoSoMC calls through, then answers 503 until ``healed``."""
+
+    def __init__(self, app: Callable, allowed: int) -> None:
+        self.app, self.allowed, self.healed = app, allowed, False
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Any:
+        if environ["PATH_INFO"] == "/api/service" and not self.healed:
+            with self._lock:
+                self.allowed -= 1
+                failing = self.allowed < 0
+            if failing:
+                start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+                return [b"down"]
+        return self.app(environ, start_response)
+
+
+@pytest.fixture
+def sandbox(home: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FailAfter, str]]:
+    init_keys(home.keys_dir)
+    users = {"lgsp": "secret-password"}
+    portal_app = FailAfter(portal.create_app(home.sandbox_dir / "portal.db",
+                                             TrustStore.from_pem_files([home.keys_dir / "ca.pem"]), users), allowed=6)
+    home.sandbox_dir.mkdir(parents=True, exist_ok=True)
+    with ServerThread(population.create_app(home.sandbox_dir / "population.db")) as pop, ServerThread(portal_app) as web:
+        conns = {
+            connection.DOSSIER_DB: services.dossier_db_connection(home),
+            connection.POPULATION: {"conn_type": "http", "host": "127.0.0.1", "port": pop.port},
+            connection.PORTAL: {"conn_type": "http", "host": "127.0.0.1", "port": web.port, "login": "lgsp",
+                                "password": "secret-password",
+                                "extra": {"batch_size": 100, "max_attempts": 2, "backoff_initial": 0.01, "backoff_max": 0.02}},
+        }
+        for conn_id, conn in conns.items():
+            monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+        services.seed_dossiers(home, sqlite_connection_string(home.sandbox_dir / "dossiers.db"), 1200)
+        yield portal_app, web.url
+
+
+def test_a_push_that_fails_part_way_resumes_without_sending_anything_twice(home: Settings, sandbox) -> None:
+    portal_app, url = sandbox
+    run_id = stages.run_id_for(ROUTE, "manual__resume")
+    stages.extract(ROUTE, run_id)
+    for stage in (stages.verify, stages.map_records, stages.gate_records, stages.sign):
+        stage(ROUTE, run_id)
+    signed = RunStaging(home.staging_dir, run_id).stage("sign")
+    sealed = sum(1 for i in signed.parts() for r in signed.read_part(i) if r)
+
+    with pytest.raises(PortalUnavailable):
+        stages.push(ROUTE, run_id)
+    push = RunStaging(home.staging_dir, run_id).stage("push")
+    acked_before = sum(1 for i in push.parts() for a in push.read_part(i) if a)
+    assert 0 < acked_before < sealed and not push.done
+    received_before = portal.sandbox_stats(url)["received"]
+
+    portal_app.healed = True
+    counts = stages.push(ROUTE, run_id)
+    assert counts["stored"] == sealed and "duplicate" not in counts
+    stats = portal.sandbox_stats(url)
+    assert stats["received"] - received_before == sealed - acked_before  # only the rest was sent
+    assert stats["duplicates"] == 0 and stats["dossiers"] == sealed
+
+    settled = stages.record(ROUTE, run_id)
+    assert settled["pulled"] == 1200 == settled["acknowledged"] + settled["quarantined"]
+    assert not Path(RunStaging(home.staging_dir, run_id).root).exists()  # settled staging, with personal data, is gone
