@@ -13,13 +13,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from lienthong.settings import PROJECT_ROOT, Settings
 
 
-def environment(s: Settings, connections: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
-    """The process environment for Airflow; connections already set by the caller are kept."""
+def environment(s: Settings) -> dict[str, str]:
+    """The process environment for Airflow: this one's (with its AIRFLOW_CONN_*), plus the paths."""
     env = dict(os.environ)
     env.update({
         "LIENTHONG_HOME": str(s.home),
@@ -29,8 +28,6 @@ def environment(s: Settings, connections: dict[str, dict[str, Any]] | None = Non
         "GX_ANALYTICS_ENABLED": "False",
         "PYTHONUNBUFFERED": "1",
     })
-    for conn_id, conn in (connections or {}).items():
-        env.setdefault(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
     return env
 
 

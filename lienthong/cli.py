@@ -93,9 +93,9 @@ def sandbox_up(
     """Start the sandbox in the foreground and print the Airflow connections that reach it."""
     import pyodbc
 
-    from lienthong.demo import use_connections
     from lienthong.connectors import connection
-    from lienthong.connectors.odbc import connection_string
+    from lienthong.connectors.connection import use_connections
+    from lienthong.connectors.odbc import connection_string_for
     from lienthong.sandbox import dossier_db, services
     from lienthong.settings import settings
     from lienthong.signing.keys import init_keys
@@ -107,7 +107,7 @@ def sandbox_up(
     with sandbox:
         conns = sandbox.connections()
         use_connections(conns)
-        conn_str = connection_string(connection.get_connection(connection.DOSSIER_DB))
+        conn_str = connection_string_for(connection.DOSSIER_DB)
         with pyodbc.connect(conn_str) as conn:
             empty = dossier_db.count_dossiers(conn) == 0
         if empty and records:
@@ -128,15 +128,15 @@ def sandbox_seed(records: int = typer.Option(..., "--records", "-n", min=1, help
     """Add dossiers to the sandbox database (new, so the next run moves exactly these)."""
     import datetime as dt
 
-    from lienthong.demo import use_connections
     from lienthong.connectors import connection
-    from lienthong.connectors.odbc import connection_string
+    from lienthong.connectors.connection import use_connections
+    from lienthong.connectors.odbc import connection_string_for
     from lienthong.sandbox import services
     from lienthong.settings import settings
 
     s = settings()
     use_connections({connection.DOSSIER_DB: services.dossier_db_connection(s)})
-    conn_str = connection_string(connection.get_connection(connection.DOSSIER_DB))
+    conn_str = connection_string_for(connection.DOSSIER_DB)
     services.seed_dossiers(s, conn_str, records, updated_at=dt.datetime.now().replace(microsecond=0))
     console.print(f"added {records} dossiers")
 

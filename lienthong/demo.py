@@ -7,7 +7,6 @@ through Airflow, watched stage by stage, and a summary checked against the sandb
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any, Callable
 
@@ -16,19 +15,14 @@ import pyodbc
 from lienthong import airflow_env
 from lienthong.audit.ledger import Ledger
 from lienthong.connectors import connection
-from lienthong.connectors.odbc import connection_string
+from lienthong.connectors.connection import use_connections
+from lienthong.connectors.odbc import connection_string_for
 from lienthong.sandbox import dossier_db, seed, services
 from lienthong.settings import Settings, settings
 from lienthong.staging import STAGES, RunStaging
 
 ROUTE = "dossier_sync"
 Progress = Callable[[dict[str, int]], None]
-
-
-def use_connections(conns: dict[str, dict[str, Any]]) -> None:
-    """This process looks connections up the way the DAG's tasks do: AIRFLOW_CONN_* first."""
-    for conn_id, conn in conns.items():
-        os.environ.setdefault(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
 
 
 def run_route(s: Settings, route: str, on_progress: Progress | None = None) -> dict[str, Any]:
@@ -75,7 +69,7 @@ def run_demo(records: int, on_progress: Progress | None = None, on_note: Callabl
     init_keys(s.keys_dir)
     with services.start(s) as sandbox:
         use_connections(sandbox.connections())
-        conn_str = connection_string(connection.get_connection(connection.DOSSIER_DB))
+        conn_str = connection_string_for(connection.DOSSIER_DB)
         with pyodbc.connect(conn_str) as conn:
             existing = dossier_db.count_dossiers(conn)
         seeded = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 # The connection ids of the dossier route. In the embedded default the sandbox provides them as
@@ -23,3 +25,12 @@ def base_url(conn: Any) -> str:
     scheme = conn.schema or "http"
     port = f":{conn.port}" if conn.port else ""
     return f"{scheme}://{conn.host}{port}"
+
+
+def use_connections(conns: dict[str, dict[str, Any]]) -> None:
+    """Offer connections the way the embedded default does: as AIRFLOW_CONN_* variables.
+
+    Ones already set in the environment win, so an operator's own connections are never replaced.
+    """
+    for conn_id, conn in conns.items():
+        os.environ.setdefault(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))

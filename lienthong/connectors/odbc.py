@@ -48,6 +48,10 @@ def connection_string(conn: Any) -> str:
     return ";".join(f"{key}={value}" for key, value in parts.items())
 
 
+def connection_string_for(conn_id: str = DOSSIER_DB) -> str:
+    return connection_string(get_connection(conn_id))
+
+
 def _quote(name: str) -> str:
     return f'"{name}"'
 
@@ -74,7 +78,7 @@ class OdbcSource:
 
     @classmethod
     def from_connection(cls, stream: Stream, conn_id: str = DOSSIER_DB) -> "OdbcSource":
-        return cls(connection_string(get_connection(conn_id)), stream)
+        return cls(connection_string_for(conn_id), stream)
 
     @contextmanager
     def connect(self) -> Iterator[pyodbc.Connection]:

@@ -240,9 +240,10 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
     if run is None:
         raise RunIncomplete(f"run {run_id} never started: extract did not run")
     stages = {name: staging.stage(name) for name in ("extract", "map", "gate", "sign", "push")}
-    stuck_at: Cursor | None = None
+    stuck = False  # a pending record was met: the cursor moves no further
     last_settled = Cursor.model_validate(run["cursor_before"]) if run["cursor_before"] else None
-    counts = {k: 0 for k in ("pulled", "quarantined", "pushed", "acknowledged", "already_acknowledged", "duplicates", "rejected", "pending")}
+    counts = dict.fromkeys(("pulled", "quarantined", "pushed", "acknowledged", "already_acknowledged",
+                            "duplicates", "rejected", "pending"), 0)
     reasons: dict[str, int] = {}
     outcomes: list[dict[str, Any]] = []
     for index in stages["extract"].parts():
@@ -254,8 +255,8 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
             counts["pulled"] += 1
             _count(counts, reasons, outcome)
             if outcome["outcome"] == PENDING:
-                stuck_at = stuck_at or Cursor.model_validate(row["cursor"])
-            elif stuck_at is None:
+                stuck = True
+            elif not stuck:
                 last_settled = Cursor.model_validate(row["cursor"])
     done = {name: staging.stage(name) for name in STAGES if staging.stage(name).done}
     counts["stages"] = {name: stage.counts() for name, stage in done.items()}
