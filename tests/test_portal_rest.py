@@ -258,6 +258,8 @@ def test_envelope_level_errors(tmp_path: Path, signer: Signer, trust: TrustStore
         assert status == 400 and answer["error_code"] == 3 and "/isUpdating" in answer["message"]
         assert post("/api/service", [1, 2])[1]["error_code"] == 3
         assert post("/api/service", envelope)[1]["results"][0]["status"] == "stored"
+        oversized = requests.post(f"{server.url}/api/service", data=b" " * (17 * 1024 * 1024), timeout=10)
+        assert oversized.status_code == 413
 
     with pytest.raises(ValueError, match="batch_size"):
         sink_for(server.url, batch_size=2).push([record] * 3)

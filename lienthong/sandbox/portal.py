@@ -35,6 +35,12 @@ from lienthong.signing.jws import CERTIFICATE_UNTRUSTED, SIGNATURE_INVALID, VERS
 from lienthong.signing.records import unseal
 from lienthong.signing.trust import TrustStore
 
+
+class _PortalRequest(Request):
+    """A full batch of 500 signed dossiers is a few MB: anything far larger is refused (413)."""
+
+    max_content_length = 16 * 1024 * 1024
+
 log = get_logger(__name__)
 
 # Envelope-level codes (the answer's own error_code).
@@ -208,7 +214,7 @@ class PortalApp:
         self._dossier = _validator("HoSo")
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        request = Request(environ)
+        request = _PortalRequest(environ)
         try:
             endpoint, _ = self._routes.bind_to_environ(environ).match()
             response = getattr(self, f"_{endpoint}")(request)
