@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -32,8 +33,9 @@ def portal_password(s: Settings) -> str:
     users_file = s.sandbox_dir / "portal-users.json"
     if not users_file.exists():
         s.sandbox_dir.mkdir(parents=True, exist_ok=True)
-        users_file.write_text(json.dumps({PORTAL_USER: secrets.token_urlsafe(18)}))
-        users_file.chmod(0o600)
+        fd = os.open(users_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump({PORTAL_USER: secrets.token_urlsafe(18)}, handle)
     return json.loads(users_file.read_text())[PORTAL_USER]
 
 
