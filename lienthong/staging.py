@@ -99,6 +99,12 @@ class RunStaging:
             raise ValueError(f"unknown stage {name!r}")
         return StageDir(self.root, name)
 
-    def remove(self) -> None:
-        """Staged rows hold personal data: once a run is settled in the ledger they go."""
-        shutil.rmtree(self.root, ignore_errors=True)
+
+def purge_route(staging_dir: Path, route: str) -> None:
+    """Every run's staging of ``route``, personal data included: called when a run succeeded.
+
+    A failed run keeps its staging so that Airflow can retry it; once a later run has pulled its
+    pending records again and settled them all, none of it is needed any more.
+    """
+    for root in staging_dir.glob(f"{route}__*"):
+        shutil.rmtree(root, ignore_errors=True)

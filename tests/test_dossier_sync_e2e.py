@@ -93,5 +93,6 @@ def test_a_portal_outage_leaves_records_pending_and_the_next_run_delivers_them(t
         # The cursor stopped before the first pending record: every pending one is pulled again.
         assert recovered["counts"]["acknowledged"] == counts["pending"]
         assert recovered["counts"]["pulled"] <= 120
+        assert not any(w.settings.staging_dir.iterdir())  # the failed run's staged personal data is gone too
         stats = sandbox_stats(portal)
         assert stats["dossiers"] == stats["versions"] == counts["pending"]

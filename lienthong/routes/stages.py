@@ -22,7 +22,7 @@ from lienthong.mappings.engine import MappingEngine
 from lienthong.routes.route import Route, get_route
 from lienthong.settings import settings
 from lienthong.signing.canonical import content_hash
-from lienthong.staging import STAGES, RunStaging
+from lienthong.staging import STAGES, RunStaging, purge_route
 
 log = get_logger(__name__)
 
@@ -265,7 +265,7 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
     ledger.settle(run_id, outcomes, status, last_settled, counts, reasons)
     log.info("run %s settled: %s", run_id, counts)
     if status == SUCCESS:
-        staging.remove()
+        purge_route(settings().staging_dir, route.name)
         return {"run_id": run_id, "status": status, **counts}
     raise RunIncomplete(
         f"run {run_id}: {counts['pending']} of {counts['pulled']} records pending"
