@@ -19,6 +19,7 @@ from lienthong.settings import PROJECT_ROOT, Settings
 
 def environment(s: Settings) -> dict[str, str]:
     """The process environment for Airflow: this one's (with its AIRFLOW_CONN_*), plus the paths."""
+    s.tmp_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.update({
         "LIENTHONG_HOME": str(s.home),
@@ -26,6 +27,8 @@ def environment(s: Settings) -> dict[str, str]:
         "AIRFLOW_HOME": str(s.airflow_home),
         "AIRFLOW_CONFIG": str(PROJECT_ROOT / "airflow.cfg"),
         "GX_ANALYTICS_ENABLED": "False",
+        # Libraries' temporary files (great-expectations makes a docs folder) stay in the data folder.
+        "TMPDIR": str(s.tmp_dir),
         "PYTHONUNBUFFERED": "1",
     })
     return env

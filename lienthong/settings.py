@@ -48,6 +48,10 @@ class Settings(BaseModel):
         return self.home / "logs"
 
     @cached_property
+    def tmp_dir(self) -> Path:
+        return self.home / "tmp"
+
+    @cached_property
     def airflow_home(self) -> Path:
         return self.home / "airflow"
 
