@@ -7,12 +7,9 @@ account for every record pulled: acknowledged, quarantined with its reasons, or 
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import re
-from typing import Any
-
-import orjson
+from typing import Any, Callable
 
 from lienthong.audit.ledger import (ACKNOWLEDGED, FAILED, PENDING, QUARANTINED, SUCCESS, Ledger)
 from lienthong.connectors.streams import Cursor
@@ -22,7 +19,9 @@ from lienthong.mappings.engine import MappingEngine
 from lienthong.routes.route import Route, get_route
 from lienthong.settings import settings
 from lienthong.signing.canonical import content_hash
-from lienthong.staging import STAGES, RunStaging, purge_route
+from lienthong.signing.jws import unverified_header
+from lienthong.signing.records import SIGNATURE, VERSION, seal
+from lienthong.staging import STAGES, RunStaging, StageDir, purge_route
 
 log = get_logger(__name__)
 
@@ -93,21 +92,20 @@ def verify(route_name: str, run_id: str) -> dict[str, Any]:
     route = get_route(route_name)
     staging = _staging(run_id)
     source, stage = staging.stage("extract"), staging.stage("verify")
-    engine = MappingEngine(route.spec)
     if stage.done:
         return stage.counts()
     if route.population_conn is None:
         return _finish(stage, {})
+    engine = MappingEngine(route.spec)
     verifier = PopulationVerifier.from_connection(route.population_conn)
+
+    def ask(index: int) -> list[dict[str, Any]]:
+        subjects = [Subject(**(engine.subject(r["row"]) or {})) for r in source.read_part(index)]
+        return [{"status": v.status, "fields": list(v.fields)} for v in verifier.verify(subjects)]
+
     tally: dict[str, int] = {}
     for index in source.parts():
-        if stage.has_part(index):
-            _tally(tally, (v["status"] for v in stage.read_part(index) if v))
-            continue
-        subjects = [Subject(**(engine.subject(r["row"]) or {})) for r in source.read_part(index)]
-        results = verifier.verify(subjects)
-        stage.write_part(index, ({"status": v.status, "fields": list(v.fields)} for v in results))
-        _tally(tally, (v.status for v in results))
+        _tally(tally, (v["status"] for v in _resumable(stage, index, ask)))
         stage.report_progress({"records": sum(tally.values()), **tally})
     log.info("run %s: verification %s", run_id, tally)
     return _finish(stage, tally)
@@ -122,13 +120,16 @@ def map_records(route_name: str, run_id: str) -> dict[str, Any]:
         return stage.counts()
     engine = MappingEngine(route.spec)
     tally = {"records": 0, "with_errors": 0}
-    for index in source.parts():
+
+    def map_part(index: int) -> list[dict[str, Any]]:
         rows = source.read_part(index)
-        if not stage.has_part(index):
-            verifications = verified.read_part(index) if verified.has_part(index) else [None] * len(rows)
-            stage.write_part(index, (_mapped(engine, r["row"], v) for r, v in zip(rows, verifications, strict=True)))
-        tally["records"] += len(rows)
-        tally["with_errors"] += sum(1 for m in stage.read_part(index) if m["errors"])
+        verifications = _part_or_nulls(verified, index, len(rows))
+        return [_mapped(engine, r["row"], v) for r, v in zip(rows, verifications, strict=True)]
+
+    for index in source.parts():
+        mapped = _resumable(stage, index, map_part)
+        tally["records"] += len(mapped)
+        tally["with_errors"] += sum(1 for m in mapped if m["errors"])
         stage.report_progress(tally)
     return _finish(stage, tally)
 
@@ -147,11 +148,13 @@ def gate_records(route_name: str, run_id: str) -> dict[str, Any]:
     if stage.done:
         return stage.counts()
     tally: dict[str, int] = {}
+
+    def judge(index: int) -> list[dict[str, Any]]:
+        verdicts = gate.evaluate(mapped.read_part(index), route.suite_file)
+        return [{"status": v.status, "reasons": v.reasons} for v in verdicts]
+
     for index in mapped.parts():
-        if not stage.has_part(index):
-            verdicts = gate.evaluate(mapped.read_part(index), route.suite_file)
-            stage.write_part(index, ({"status": v.status, "reasons": v.reasons} for v in verdicts))
-        _tally(tally, (v["status"] for v in stage.read_part(index)))
+        _tally(tally, (v["status"] for v in _resumable(stage, index, judge)))
         stage.report_progress({"records": sum(tally.values()), **tally})
     log.info("run %s: gate %s", run_id, tally)
     return _finish(stage, tally)
@@ -160,23 +163,20 @@ def gate_records(route_name: str, run_id: str) -> dict[str, Any]:
 def sign(route_name: str, run_id: str) -> dict[str, Any]:
     """Seal every record that passed the gate: version (content hash) and JWS with the chain."""
     from lienthong.signing.keys import load_signer
-    from lienthong.signing.records import seal
 
     staging = _staging(run_id)
     mapped, gated, stage = staging.stage("map"), staging.stage("gate"), staging.stage("sign")
     if stage.done:
         return stage.counts()
     signer = load_signer(settings().keys_dir)
+
+    def seal_part(index: int) -> list[dict[str, Any] | None]:
+        return [seal(m["payload"], signer) if v["status"] == gate.PASS else None
+                for m, v in zip(mapped.read_part(index), gated.read_part(index), strict=True)]
+
     signed = 0
     for index in gated.parts():
-        verdicts = gated.read_part(index)
-        if not stage.has_part(index):
-            payloads = mapped.read_part(index)
-            stage.write_part(index, (
-                seal(m["payload"], signer) if v["status"] == gate.PASS else None
-                for m, v in zip(payloads, verdicts, strict=True)
-            ))
-        signed += sum(1 for v in verdicts if v["status"] == gate.PASS)
+        signed += sum(1 for record in _resumable(stage, index, seal_part) if record is not None)
         stage.report_progress({"records": signed})
     return _finish(stage, {"records": signed})
 
@@ -204,8 +204,8 @@ def push(route_name: str, run_id: str) -> dict[str, Any]:
         if todo:
             known = ledger.acknowledged_versions(route.name, [sealed[i][route.spec.key] for i in todo])
             for i in todo:
-                if (sealed[i][route.spec.key], sealed[i]["PhienBan"]) in known:
-                    acks[i] = {"error_code": 0, "status": "already_acknowledged",
+                if (sealed[i][route.spec.key], sealed[i][VERSION]) in known:
+                    acks[i] = {"error_code": 0, "status": "already_acknowledged", "acknowledged": True,
                                "message": "acknowledged in an earlier run", "at": _now()}
             todo = [i for i in todo if acks[i] is None]
         for start in range(0, len(todo), sink.batch_size):
@@ -217,7 +217,8 @@ def push(route_name: str, run_id: str) -> dict[str, Any]:
                 raise
             at = _now()
             for i, ack in zip(chunk, answers, strict=True):
-                acks[i] = {"error_code": ack.error_code, "status": ack.status, "message": ack.message, "at": at}
+                acks[i] = {"error_code": ack.error_code, "status": ack.status, "acknowledged": ack.acknowledged,
+                           "message": ack.message, "at": at}
             stage.write_part(index, acks)
         if not stage.has_part(index):
             stage.write_part(index, acks)
@@ -286,11 +287,12 @@ def _outcome(route: Route, extracted: dict[str, Any], mapped: dict[str, Any] | N
     if verdict["status"] == gate.QUARANTINE:
         return {**out, "outcome": QUARANTINED, "reasons": verdict["reasons"]}
     if sealed is not None:
-        out.update(version=sealed["PhienBan"], signature=sealed["ChuKySo"], signer=_signer_of(sealed["ChuKySo"]))
+        out.update(version=sealed[VERSION], signature=sealed[SIGNATURE],
+                   signer=unverified_header(sealed[SIGNATURE]).get("x5t#S256"))
     if ack is None:
         return {**out, "outcome": PENDING}
     out.update(ack_code=ack["error_code"], ack_status=ack["status"])
-    if ack["status"] in ("stored", "duplicate", "already_acknowledged"):
+    if ack["acknowledged"]:
         return {**out, "outcome": ACKNOWLEDGED, "acked_at": dt.datetime.fromisoformat(ack["at"])}
     reason = {"field": route.spec.key, "rule": f"portal_rejected_{ack['status']}",
               "message": f"portal refused the record (code {ack['error_code']}): {ack['message']}"}
@@ -308,19 +310,21 @@ def _count(counts: dict[str, int], reasons: dict[str, int], outcome: dict[str, A
     else:
         counts["acknowledged"] += 1
     status = outcome["ack_status"]
-    if status in ("stored", "duplicate") or (status and kind == QUARANTINED):
-        counts["pushed"] += 1
-    if status == "duplicate":
-        counts["duplicates"] += 1
-    elif status == "already_acknowledged":
+    if status == "already_acknowledged":
         counts["already_acknowledged"] += 1
-    elif status and kind == QUARANTINED:
-        counts["rejected"] += 1
+    elif status is not None:  # sent to the target in this run
+        counts["pushed"] += 1
+        counts["duplicates"] += status == "duplicate"
+        counts["rejected"] += kind == QUARANTINED
 
 
-def _signer_of(jws: str) -> str | None:
-    header = jws.split(".", 1)[0]
-    return orjson.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))).get("x5t#S256")
+def _resumable(stage: StageDir, index: int, compute: Callable[[int], list[Any]]) -> list[Any]:
+    """The part a previous attempt wrote, or else computed and written now: how stages resume."""
+    if stage.has_part(index):
+        return stage.read_part(index)
+    records = compute(index)
+    stage.write_part(index, records)
+    return records
 
 
 def _part_or_nulls(stage: Any, index: int, size: int) -> list[Any]:

@@ -19,6 +19,7 @@ from lienthong.connectors import connection
 from lienthong.sandbox import dossier_db, seed
 from lienthong.sandbox.http import HOST, free_port
 from lienthong.settings import Settings
+from lienthong.signing.keys import KeyPaths
 
 PORTAL_USER = "lgsp-sandbox"
 
@@ -68,7 +69,7 @@ class Sandbox:
                    "--data-dir", str(s.sandbox_dir), "--access-log",
                    "--latency-ms", str((latency_ms or {}).get(name, 0.0))]
             if name == "portal":
-                cmd += ["--trust-store", str(s.keys_dir / "ca.pem")]
+                cmd += ["--trust-store", str(KeyPaths.in_dir(s.keys_dir).ca_cert)]
             log = open(s.logs_dir / f"sandbox-{name}.log", "ab")
             self.processes[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         for name in self.ports:

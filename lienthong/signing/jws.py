@@ -97,6 +97,11 @@ class Signer:
         return f"{header}..{signature}"
 
 
+def unverified_header(jws: str) -> dict[str, Any]:
+    """The protected header, read without checking anything: to index or display, never to trust."""
+    return _JWS.get_unverified_header(jws)
+
+
 def _parse_chain(x5c: Any) -> list[x509.Certificate]:
     if not isinstance(x5c, list) or not 1 <= len(x5c) <= MAX_CHAIN:
         raise SignatureError(f"malformed: x5c must list 1 to {MAX_CHAIN} certificates")
