@@ -15,7 +15,7 @@ from lienthong.demo import run_route
 from lienthong.sandbox import dossier_db, seed, services
 from lienthong.sandbox.portal import sandbox_stats
 from lienthong.signing.records import unseal
-from lienthong.signing.trust import TrustStore
+from lienthong.signing.keys import load_signer, load_trust_store
 from tests.e2e import leaks, personal_data, world
 
 pytestmark = pytest.mark.slow
@@ -48,10 +48,13 @@ def test_every_record_ends_acknowledged_or_quarantined_and_reruns_send_nothing(t
         stats = sandbox_stats(w.sandbox.url("portal"))
         assert stats["dossiers"] == stats["versions"] == len(good) == counts["acknowledged"]
         sink = PortalSink.from_connection("lienthong_portal")
-        trust = TrustStore.from_pem_files([w.settings.keys_dir / "ca.pem"])
-        for found in sink.lookup(good):
-            payload, certificate = unseal(found["record"], trust)
-            assert payload["MaHoSo"] in good and certificate is not None
+        trust = load_trust_store(w.settings.keys_dir)
+        agency = load_signer(w.settings.keys_dir).certificate
+        found = sink.lookup(good)
+        assert [f["MaHoSo"] for f in found] == good
+        for stored in found:
+            payload, certificate = unseal(stored["record"], trust)
+            assert payload["MaHoSo"] == stored["MaHoSo"] and certificate == agency
         quarantined = [c for c in answer_key if answer_key[c]]
         assert all(not f.get("record") for f in sink.lookup(quarantined[:20]))
 

@@ -19,8 +19,7 @@ from lienthong.routes import stages
 from lienthong.sandbox import population, portal, services
 from lienthong.sandbox.http import ServerThread
 from lienthong.settings import Settings
-from lienthong.signing.keys import init_keys
-from lienthong.signing.trust import TrustStore
+from lienthong.signing.keys import init_keys, load_trust_store
 from lienthong.staging import RunStaging
 from tests.conftest import sqlite_connection_string
 
@@ -50,7 +49,7 @@ def sandbox(home: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[F
     init_keys(home.keys_dir)
     users = {"lgsp": "secret-password"}
     portal_app = FailAfter(portal.create_app(home.sandbox_dir / "portal.db",
-                                             TrustStore.from_pem_files([home.keys_dir / "ca.pem"]), users), allowed=6)
+                                             load_trust_store(home.keys_dir), users), allowed=6)
     home.sandbox_dir.mkdir(parents=True, exist_ok=True)
     with ServerThread(population.create_app(home.sandbox_dir / "population.db")) as pop, ServerThread(portal_app) as web:
         conns = {
