@@ -103,12 +103,7 @@ def verify(route_name: str, run_id: str) -> dict[str, Any]:
         subjects = [Subject(**(engine.subject(r["row"]) or {})) for r in source.read_part(index)]
         return [{"status": v.status, "fields": list(v.fields)} for v in verifier.verify(subjects)]
 
-    tally: dict[str, int] = {}
-    for index in source.parts():
-        _tally(tally, (v["status"] for v in _resumable(stage, index, ask)))
-        stage.report_progress({"records": sum(tally.values()), **tally})
-    log.info("run %s: verification %s", run_id, tally)
-    return _finish(stage, tally)
+    return _judge_parts(run_id, stage, source.parts(), ask)
 
 
 def map_records(route_name: str, run_id: str) -> dict[str, Any]:
@@ -147,17 +142,12 @@ def gate_records(route_name: str, run_id: str) -> dict[str, Any]:
     mapped, stage = staging.stage("map"), staging.stage("gate")
     if stage.done:
         return stage.counts()
-    tally: dict[str, int] = {}
 
     def judge(index: int) -> list[dict[str, Any]]:
         verdicts = gate.evaluate(mapped.read_part(index), route.suite_file)
         return [{"status": v.status, "reasons": v.reasons} for v in verdicts]
 
-    for index in mapped.parts():
-        _tally(tally, (v["status"] for v in _resumable(stage, index, judge)))
-        stage.report_progress({"records": sum(tally.values()), **tally})
-    log.info("run %s: gate %s", run_id, tally)
-    return _finish(stage, tally)
+    return _judge_parts(run_id, stage, mapped.parts(), judge)
 
 
 def sign(route_name: str, run_id: str) -> dict[str, Any]:
@@ -325,6 +315,17 @@ def _resumable(stage: StageDir, index: int, compute: Callable[[int], list[Any]])
     records = compute(index)
     stage.write_part(index, records)
     return records
+
+
+def _judge_parts(run_id: str, stage: StageDir, parts: list[int],
+                 judge: Callable[[int], list[dict[str, Any]]]) -> dict[str, Any]:
+    """A stage that gives each record a status (verify, gate): resumable, counted per status."""
+    tally: dict[str, int] = {}
+    for index in parts:
+        _tally(tally, (r["status"] for r in _resumable(stage, index, judge)))
+        stage.report_progress({"records": sum(tally.values()), **tally})
+    log.info("run %s: %s %s", run_id, stage.name, tally)
+    return _finish(stage, tally)
 
 
 def _part_or_nulls(stage: Any, index: int, size: int) -> list[Any]:
