@@ -93,7 +93,7 @@ def test_push_stores_sealed_records_and_a_resend_is_all_duplicates(server: Serve
         assert codes(acks) == [0] * 5 and {a.status for a in acks} == {"stored"}
         assert all(a.acknowledged for a in acks)
         assert sandbox_stats(server.url) == {"dossiers": 5, "versions": 5, "received": 5, "duplicates": 0,
-                                             "rejected": 0}
+                                             "rejected": 0, "progress": 0}
 
         again = sink.push(batch)
 
@@ -127,7 +127,34 @@ def test_each_record_of_a_batch_is_judged_on_its_own(
     assert "/MaTTHC" in acks[3].message and "/TaiLieuNop/0/MaHashTep" in acks[3].message
     assert [a.acknowledged for a in acks] == [True, False, False, False, False, True]
     assert sandbox_stats(server.url) == {"dossiers": 2, "versions": 2, "received": 6, "duplicates": 0,
-                                         "rejected": 4}
+                                         "rejected": 4, "progress": 0}
+
+
+def progress(n: int, **changes: Any) -> dict[str, Any]:
+    """A progress entry valid against $defs/TienDoHoSo once sealed."""
+    return {"MaHoSo": f"H12.99-250101-{n:06d}", "NguoiXuLy": "Cán bộ một cửa", "ChucDanh": "Chuyên viên",
+            "ThoiDiemXuLy": "20250102090000", "PhongBanXuLy": "Bộ phận một cửa", "NoiDungXuLy": "Tiếp nhận",
+            "TrangThai": 2, "NgayBatDau": "20250101083000", "NgayKetThucTheoQuyDinh": None, **changes}
+
+
+def test_progress_entries_are_kept_apart_from_dossiers_once_each_and_checked_like_them(
+    server: ServerThread, signer: Signer
+) -> None:
+    # The first entry names a dossier the portal does not hold: the routes run on their own
+    # schedules, so progress may arrive first.
+    batch = [seal(progress(1), signer), seal(progress(1, ThoiDiemXuLy="20250103090000", TrangThai=4), signer),
+             {**seal(progress(2), signer), "TrangThai": 9}, seal(progress(3, TrangThai=11), signer)]
+    with sink_for(server.url) as sink:
+        acks = sink.push(batch, service="CapNhatTienDoHoSoMC")
+        again = sink.push(batch[:2], service="CapNhatTienDoHoSoMC")
+        [wrong] = sink.push([seal(dossier(1), signer)], service="CapNhatTienDoHoSoMC")
+
+    assert wrong.error_code == 12 and "/ChuHoSo: not allowed" in wrong.message  # a dossier is no progress entry
+
+    assert codes(acks) == [0, 0, 10, 12] and "/TrangThai" in acks[3].message
+    assert [a.status for a in again] == ["duplicate", "duplicate"]
+    stats = sandbox_stats(server.url)
+    assert (stats["progress"], stats["dossiers"], stats["versions"]) == (2, 0, 0)
 
 
 def test_schema_errors_name_missing_and_unknown_fields(server: ServerThread, signer: Signer) -> None:

@@ -108,13 +108,14 @@ class PortalSink:
         tuning = {key: cast(extra[key]) for key, cast in casts.items() if key in extra}
         return cls(base_url(conn), conn.login, conn.password, **tuning)
 
-    def push(self, batch: Sequence[dict[str, Any]]) -> list[Ack]:
-        """One batch of sealed records (DongBoHoSoMC); acks in input order."""
+    def push(self, batch: Sequence[dict[str, Any]], service: str = "DongBoHoSoMC") -> list[Ack]:
+        """One batch of sealed records to a sync service (DongBoHoSoMC dossiers,
+        CapNhatTienDoHoSoMC progress); acks in input order."""
         if len(batch) > self.batch_size:
             raise ValueError(f"batch of {len(batch)} records is over batch_size {self.batch_size}")
         if not batch:
             return []
-        answer = self._call("DongBoHoSoMC", list(batch), isUpdating=False)
+        answer = self._call(service, list(batch), isUpdating=False)
         acks = _acks(answer.get("results"), batch)
         acknowledged = sum(ack.acknowledged for ack in acks)
         log.info("pushed %d records: %d acknowledged, %d refused", len(acks), acknowledged,

@@ -17,6 +17,7 @@ import secrets
 import sqlite3
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -101,6 +102,10 @@ class PortalStore:
     """
 
     COUNTERS = ("received", "duplicates", "rejected")
+    # What each sync service stores: dossier versions, and progress entries. Progress is kept
+    # apart from dossiers and may name a dossier the portal does not hold (yet): the two routes
+    # run on their own schedules, so a status change can arrive before its dossier.
+    TABLES = {"DongBoHoSoMC": "versions", "CapNhatTienDoHoSoMC": "progress"}
 
     def __init__(self, db_path: Path) -> None:
         self.db_path = Path(db_path)
@@ -110,9 +115,10 @@ class PortalStore:
         with self._connect(write=True) as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS sessions (token TEXT PRIMARY KEY, "
                          "username TEXT NOT NULL, expires_at REAL NOT NULL)")
-            conn.execute("CREATE TABLE IF NOT EXISTS versions (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                         "ma_ho_so TEXT NOT NULL, phien_ban TEXT NOT NULL, record TEXT NOT NULL, "
-                         "stored_at TEXT NOT NULL, UNIQUE (ma_ho_so, phien_ban))")
+            for table in self.TABLES.values():
+                conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                             "ma_ho_so TEXT NOT NULL, phien_ban TEXT NOT NULL, record TEXT NOT NULL, "
+                             "stored_at TEXT NOT NULL, UNIQUE (ma_ho_so, phien_ban))")
             conn.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
             conn.executemany("INSERT OR IGNORE INTO counters VALUES (?, 0)", [(n,) for n in self.COUNTERS])
 
@@ -147,14 +153,15 @@ class PortalStore:
             row = conn.execute("SELECT expires_at FROM sessions WHERE token = ?", (token,)).fetchone()
         return row is not None and row[0] > time.time()
 
-    def save(self, records: Sequence[dict[str, Any]], received: int) -> list[bool]:
+    def save(self, records: Sequence[dict[str, Any]], received: int, service: str = "DongBoHoSoMC") -> list[bool]:
         """Store each record unless its version is there already; True where it was stored."""
+        table = self.TABLES[service]
         stored_at = dt.datetime.now(VIETNAM).isoformat(timespec="microseconds")
         fresh = []
         with self._connect(write=True) as conn:
             for record in records:
                 cursor = conn.execute(
-                    "INSERT OR IGNORE INTO versions (ma_ho_so, phien_ban, record, stored_at) VALUES (?, ?, ?, ?)",
+                    f"INSERT OR IGNORE INTO {table} (ma_ho_so, phien_ban, record, stored_at) VALUES (?, ?, ?, ?)",
                     (record["MaHoSo"], record["PhienBan"], canonical_json(record).decode("utf-8"), stored_at))
                 fresh.append(cursor.rowcount == 1)
             increments = {"received": received, "duplicates": fresh.count(False),
@@ -178,8 +185,9 @@ class PortalStore:
         with self._connect() as conn:
             dossiers, versions = conn.execute(
                 "SELECT COUNT(DISTINCT ma_ho_so), COUNT(*) FROM versions").fetchone()
+            (progress,) = conn.execute("SELECT COUNT(*) FROM progress").fetchone()
             counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
-        return {"dossiers": dossiers, "versions": versions, **counters}
+        return {"dossiers": dossiers, "versions": versions, "progress": progress, **counters}
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
@@ -208,10 +216,11 @@ class PortalApp:
             Rule("/_sandbox/stats", methods=["GET"], endpoint="stats"),
         ])
         self._services: dict[str, tuple[Draft202012Validator, Callable[[list[Any]], Response]]] = {
-            "DongBoHoSoMC": (_validator("DongBoHoSoMC"), self._sync),
+            "DongBoHoSoMC": (_validator("DongBoHoSoMC"), partial(self._sync, "DongBoHoSoMC", _validator("HoSo"))),
+            "CapNhatTienDoHoSoMC": (_validator("CapNhatTienDoHoSoMC"),
+                                    partial(self._sync, "CapNhatTienDoHoSoMC", _validator("TienDoHoSo"))),
             "TraCuuHoSo": (_validator("TraCuuHoSo"), self._look_up),
         }
-        self._dossier = _validator("HoSo")
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         request = _PortalRequest(environ)
@@ -254,20 +263,21 @@ class PortalApp:
             return _error(MALFORMED, "; ".join(errors), 400)
         return handler(data)
 
-    def _sync(self, records: list[Any]) -> Response:
-        """DongBoHoSoMC: judge every record, store the good ones, answer each in input order."""
-        rejections = [self._rejection(record) for record in records]
+    def _sync(self, service: str, validator: Draft202012Validator, records: list[Any]) -> Response:
+        """DongBoHoSoMC, CapNhatTienDoHoSoMC: judge every record, store the good ones, answer each
+        in input order."""
+        rejections = [self._rejection(record, validator) for record in records]
         accepted = [record for record, rejection in zip(records, rejections) if rejection is None]
-        fresh = self.store.save(accepted, received=len(records))
+        fresh = self.store.save(accepted, received=len(records), service=service)
         outcomes = iter(fresh)
         results = [rejection or _stored(record, next(outcomes)) for record, rejection in zip(records, rejections)]
-        log.info("DongBoHoSoMC: %d records, %d stored, %d duplicate, %d rejected", len(records),
+        log.info("%s: %d records, %d stored, %d duplicate, %d rejected", service, len(records),
                  fresh.count(True), fresh.count(False), len(records) - len(accepted))
         return _json({"error_code": OK, "message": "processed", "results": results})
 
-    def _rejection(self, record: Any) -> dict[str, Any] | None:
+    def _rejection(self, record: Any, validator: Draft202012Validator) -> dict[str, Any] | None:
         """The result for a record that cannot be stored, None for one that can."""
-        errors = schema_errors(self._dossier, record)
+        errors = schema_errors(validator, record)
         if errors:
             return _result(record, PAYLOAD_INVALID, "payload_invalid", "; ".join(errors))
         try:
