@@ -11,6 +11,9 @@ from typing import Any
 DOSSIER_DB = "lienthong_dossier_db"
 POPULATION = "lienthong_population"
 PORTAL = "lienthong_portal"
+# The sandbox's other dossier systems: a district's over SOAP, a commune's over REST.
+DISTRICT_SOAP = "lienthong_district_soap"
+COMMUNE_REST = "lienthong_commune_rest"
 
 
 def get_connection(conn_id: str) -> Any:

@@ -6,15 +6,15 @@ are read in cursor order with ``fetchmany`` so that memory stays bounded whateve
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import pyodbc
 
 from lienthong.connectors.connection import DOSSIER_DB, get_connection
+from lienthong.connectors.sources import Probe
 from lienthong.connectors.streams import Cursor, Stream
+from lienthong.connectors.values import json_safe
 from lienthong.logs import get_logger
 
 log = get_logger(__name__)
@@ -54,19 +54,6 @@ def connection_string_for(conn_id: str = DOSSIER_DB) -> str:
 
 def _quote(name: str) -> str:
     return f'"{name}"'
-
-
-def json_safe(value: Any) -> Any:
-    """Row values as they travel through staging: dates as ISO text, decimals as text."""
-    if isinstance(value, dt.datetime):
-        return value.isoformat(timespec="microseconds")
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).hex()
-    return value
 
 
 class OdbcSource:
@@ -143,6 +130,15 @@ class OdbcSource:
                 cur.execute(f"SELECT * FROM {_quote(table)} WHERE 1 = 0")
                 found[table] = [d[0] for d in cur.description]
         return found
+
+    def probe(self) -> Probe:
+        """What the live database offers: the table's columns, joined ``alias.column``, child tables."""
+        found = self.columns()
+        fields = set(found[self.stream.table])
+        for join in self.stream.joins:
+            fields.update(f"{join.alias}.{c}" for c in found[join.table])
+        children = {name: set(found[child.table]) for name, child in self.stream.children.items()}
+        return Probe(fields, children, [f"table {t}: {len(cols)} columns" for t, cols in found.items()])
 
     @staticmethod
     def _column_name(name: str) -> str:

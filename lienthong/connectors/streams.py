@@ -26,8 +26,30 @@ def identifier(value: str) -> str:
 Name = Annotated[str, AfterValidator(identifier)]
 
 
+_FIELD_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
+_RESOURCE = re.compile(r"^(/[A-Za-z0-9_.~-]+)+$")
+
+
+def field_path(value: str) -> str:
+    """A column of a row: a plain name, or ``object.name`` for a to-one object (SOAP, REST)."""
+    if not isinstance(value, str) or not _FIELD_PATH.fullmatch(value) or ".." in value:
+        raise ValueError(f"{value!r} is not a field name (a name, or object.name)")
+    return value
+
+
+def resource_path(value: str) -> str:
+    """A REST resource path: slash-separated plain segments, no query, no '..', no scheme."""
+    if not isinstance(value, str) or not _RESOURCE.fullmatch(value) or "/../" in f"{value}/" or "/./" in f"{value}/":
+        raise ValueError(f"{value!r} is not a resource path such as /api/v1/dossiers")
+    return value
+
+
+FieldPath = Annotated[str, AfterValidator(field_path)]
+ResourcePath = Annotated[str, AfterValidator(resource_path)]
+
+
 class Join(BaseModel):
-    """A to-one table joined onto each row; its columns arrive as ``<alias>.<column>``."""
+    """A to-one table joined onto each row (ODBC); its columns arrive as ``<alias>.<column>``."""
 
     model_config = ConfigDict(extra="forbid")
     table: Name
@@ -38,24 +60,40 @@ class Join(BaseModel):
 
 
 class Child(BaseModel):
-    """A to-many table fetched per batch by foreign key; its rows arrive as a list on the record."""
+    """A to-many collection; its rows arrive as a list on the record.
+
+    Over ODBC it is a table fetched per batch by foreign key; SOAP and REST systems send it nested
+    in the record, so only its columns are declared.
+    """
 
     model_config = ConfigDict(extra="forbid")
-    table: Name
-    foreign_key: Name
+    table: Name | None = None
+    foreign_key: Name | None = None
     order_by: Name = "id"
     columns: list[Name]
 
 
 class Stream(BaseModel):
+    """One stream of a source system: where it is read (a table, a SOAP operation or a REST
+    resource, by protocol), its key, its cursor and the columns a mapping may use."""
+
     model_config = ConfigDict(extra="forbid")
-    table: Name
+    name: Name = "records"
+    table: Name | None = None  # odbc
+    operation: Name | None = None  # soap
+    resource: ResourcePath | None = None  # rest
     primary_key: Name
     cursor_field: Name
-    columns: list[Name]
+    columns: list[FieldPath]
     joins: list[Join] = Field(default_factory=list)
     children: dict[Name, Child] = Field(default_factory=dict)
     page_size: int = Field(500, ge=1, le=50_000)
+
+    def fields(self) -> set[str]:
+        """Every field a mapping may name: columns, joined ``alias.column`` and the key fields."""
+        found = {self.primary_key, self.cursor_field, *self.columns}
+        found.update(f"{j.alias}.{c}" for j in self.joins for c in j.columns)
+        return found
 
 
 class Cursor(BaseModel):

@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lienthong.connectors.streams import Stream
 
+# The national formats' mappings shipped with the project; a manifest may bring its own.
+MAPPINGS_DIR = Path(__file__).resolve().parent
+
 Transform = Literal["text", "name", "datetime", "date", "int"]
 
 
@@ -53,7 +56,6 @@ class MappingSpec(BaseModel):
     name: str
     version: int = Field(ge=1)
     description: str = ""
-    source: Stream
     key: str = Field(description="target field that identifies a record (MaHoSo)")
     source_timezone: str = "Asia/Ho_Chi_Minh"
     subject: Subject | None = None
@@ -71,10 +73,33 @@ class MappingSpec(BaseModel):
         for target, spec in specs:
             if spec.code_table and spec.code_table not in self.code_tables:
                 raise ValueError(f"field {target}: code table {spec.code_table!r} is not defined")
-        for name, lst in self.lists.items():
-            if lst.each not in self.source.children:
-                raise ValueError(f"list {name}: {lst.each!r} is not a child collection of the source")
         return self
+
+    def problems_with(self, stream: Stream) -> list[str]:
+        """What this mapping names that ``stream`` does not declare: one message per problem.
+
+        Mappings and streams are written apart (the mapping by whoever knows the national format,
+        the stream in the agency's manifest), so they are checked against each other on
+        registration, and against the live system by ``connectors check``.
+        """
+        offered = stream.fields()
+        problems = []
+        for target, spec in self.fields.items():
+            if spec.source is not None and spec.source not in offered:
+                problems.append(f"field {target}: column {spec.source!r} is not in stream {stream.name!r}")
+        for name, lst in self.lists.items():
+            child = stream.children.get(lst.each)
+            if child is None:
+                problems.append(f"list {name}: {lst.each!r} is not a child collection of stream {stream.name!r}")
+                continue
+            for target, spec in lst.fields.items():
+                if spec.source is not None and spec.source not in child.columns:
+                    problems.append(f"list {name}[].{target}: column {spec.source!r} is not in {lst.each!r}")
+        if self.subject is not None:
+            for role, column in self.subject.model_dump().items():
+                if column not in offered:
+                    problems.append(f"subject {role}: column {column!r} is not in stream {stream.name!r}")
+        return problems
 
 
 def load(path: Path) -> MappingSpec:

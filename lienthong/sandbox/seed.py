@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import random
 from dataclasses import dataclass, field, replace
+from typing import Sequence
 
 from faker import Faker
 
@@ -131,8 +132,13 @@ class _Maker:
 
 
 def generate(count: int, seed: int = 20250701, first_dossier_id: int = 1,
-             first_applicant_id: int = 1, updated_at: dt.datetime | None = None) -> Seed:
-    """``count`` dossiers; ``updated_at`` given means "added now" (an incremental change)."""
+             first_applicant_id: int = 1, updated_at: dt.datetime | None = None,
+             agencies: Sequence[str] = AGENCIES, code_prefix: str | None = None) -> Seed:
+    """``count`` dossiers; ``updated_at`` given means "added now" (an incremental change).
+
+    Another agency's system passes its own ``agencies`` (internal unit codes) and ``code_prefix``,
+    so that dossiers of different systems never share a code at the portal.
+    """
     maker = _Maker(seed * 1_000_003 + first_dossier_id)
     rng = maker.rng
     bad_count = round(count * BAD_SHARE)
@@ -174,7 +180,7 @@ def generate(count: int, seed: int = 20250701, first_dossier_id: int = 1,
                 reusable.append(applicant)
 
         procedure = rng.choice(PROCEDURES)
-        agency = "PHONG_CU_DA_GIAI_THE" if defect == "unknown_agency" else rng.choice(AGENCIES)
+        agency = "PHONG_CU_DA_GIAI_THE" if defect == "unknown_agency" else rng.choice(agencies)
         status = "TRANG_THAI_KHONG_RO" if defect == "unknown_status" else rng.choices(statuses, weights)[0]
         received = _ms(HISTORIC_START + dt.timedelta(minutes=rng.randrange(0, 540 * 24 * 60)))
         appointment = received + dt.timedelta(days=rng.randrange(3, 21), hours=rng.randrange(0, 8))
@@ -193,7 +199,7 @@ def generate(count: int, seed: int = 20250701, first_dossier_id: int = 1,
             changed = MIGRATION_AT
         else:
             changed = min(last_event, MIGRATION_AT - dt.timedelta(seconds=1))
-        code = f"{agency.split('_')[0]}-{received:%y%m%d}-{dossier_id:07d}"
+        code = f"{code_prefix or agency.split('_')[0]}-{received:%y%m%d}-{dossier_id:07d}"
         dossier = Dossier(
             id=dossier_id, code=code, procedure_code=procedure[0], procedure_name=procedure[1],
             field_code=procedure[2], field_name=procedure[3], agency_code=agency,

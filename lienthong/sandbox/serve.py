@@ -13,7 +13,7 @@ from pathlib import Path
 from lienthong.sandbox.faults import FaultConfig
 from lienthong.sandbox.http import build_server
 
-SERVICES = ("population", "portal")
+SERVICES = ("population", "portal", "dossier_soap", "dossier_rest")
 
 
 def build_app(name: str, data_dir: Path, trust_store: Path | None, faults: FaultConfig) -> object:
@@ -21,6 +21,16 @@ def build_app(name: str, data_dir: Path, trust_store: Path | None, faults: Fault
         from lienthong.sandbox import population
 
         return population.create_app(data_dir / "population.db", faults=faults)
+    if name == "dossier_soap":
+        from lienthong.sandbox import dossier_soap
+        from lienthong.sandbox.dossier_system import DISTRICT
+
+        return dossier_soap.create_app(data_dir / DISTRICT.db_file, faults=faults)
+    if name == "dossier_rest":
+        from lienthong.sandbox import dossier_rest
+        from lienthong.sandbox.dossier_system import COMMUNE
+
+        return dossier_rest.create_app(data_dir / COMMUNE.db_file, data_dir, faults=faults)
     from lienthong.sandbox import portal
     from lienthong.signing.trust import TrustStore
 

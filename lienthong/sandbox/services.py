@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -16,7 +17,7 @@ import pyodbc
 import requests
 
 from lienthong.connectors import connection
-from lienthong.sandbox import dossier_db, seed
+from lienthong.sandbox import dossier_db, dossier_system, seed
 from lienthong.sandbox.http import HOST, free_port
 from lienthong.settings import Settings
 from lienthong.signing.keys import KeyPaths
@@ -57,7 +58,20 @@ class Sandbox:
             connection.PORTAL: {"conn_type": "http", "host": HOST, "port": self.ports["portal"], "schema": "http",
                                 "login": PORTAL_USER, "password": portal_password(self.settings),
                                 "extra": {"batch_size": 200}},
+            **self.dossier_system_connections(),
         }
+
+    def dossier_system_connections(self) -> dict[str, dict[str, Any]]:
+        """The district (SOAP) and commune (REST) systems, when this sandbox runs them."""
+        conns: dict[str, dict[str, Any]] = {}
+        if "dossier_soap" in self.ports:
+            conns[connection.DISTRICT_SOAP] = {"conn_type": "http", "host": HOST, "port": self.ports["dossier_soap"],
+                                               "schema": "http", "extra": {"path": "/dossiers"}}
+        if "dossier_rest" in self.ports:
+            login, password = dossier_system.credentials(self.settings.sandbox_dir, dossier_system.COMMUNE)
+            conns[connection.COMMUNE_REST] = {"conn_type": "http", "host": HOST, "port": self.ports["dossier_rest"],
+                                              "schema": "http", "login": login, "password": password}
+        return conns
 
     def start(self, latency_ms: dict[str, float] | None = None) -> "Sandbox":
         s = self.settings
@@ -108,7 +122,9 @@ class Sandbox:
 
 
 def start(s: Settings, ports: dict[str, int] | None = None, latency_ms: dict[str, float] | None = None) -> Sandbox:
-    ports = ports or {"population": free_port(), "portal": free_port()}
+    from lienthong.sandbox.serve import SERVICES
+
+    ports = ports or {name: free_port() for name in SERVICES}
     return Sandbox(s, ports).start(latency_ms)
 
 
@@ -124,3 +140,34 @@ def seed_dossiers(s: Settings, conn_str: str, count: int, updated_at: Any = None
         dossier_db.insert(conn, made)
     PopulationRegistry(s.sandbox_dir / "population.db").add_citizens(made.citizens)
     return count
+
+
+def seed_system(s: Settings, system: str, count: int, updated_at: Any = None) -> int:
+    """Adds ``count`` dossiers to one of the sandbox's dossier systems ("odbc", "soap", "rest")
+    and registers their citizens in the population database."""
+    from lienthong.sandbox.population import PopulationRegistry
+
+    if system == "odbc":
+        return seed_dossiers(s, _odbc_string(s), count, updated_at)
+    s.sandbox_dir.mkdir(parents=True, exist_ok=True)
+    made = dossier_system.seed_system(s.sandbox_dir / _system(system).db_file, _system(system), count, updated_at)
+    PopulationRegistry(s.sandbox_dir / "population.db").add_citizens(made.citizens)
+    return count
+
+
+def answer_key(s: Settings, system: str) -> dict[str, str | None]:
+    """Dossier code -> the defect seeded into it (None for a good one), for one system."""
+    if system == "odbc":
+        with pyodbc.connect(_odbc_string(s)) as conn:
+            return dossier_db.truth(conn)
+    return dossier_system.truth(s.sandbox_dir / _system(system).db_file)
+
+
+def _odbc_string(s: Settings) -> str:
+    return dossier_system.connection_string(Path(dossier_db_connection(s)["schema"]))
+
+
+def _system(name: str) -> dossier_system.System:
+    if name not in dossier_system.SYSTEMS:
+        raise ValueError(f"unknown dossier system {name!r}; expected odbc, soap or rest")
+    return dossier_system.SYSTEMS[name]

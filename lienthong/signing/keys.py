@@ -51,6 +51,13 @@ class KeyPaths:
         return cls(keys_dir / "ca.pem", keys_dir / "ca.key.pem", keys_dir / "agency.key.pem",
                    keys_dir / "agency.pem")
 
+    @staticmethod
+    def named(keys_dir: Path, name: str) -> tuple[Path, Path]:
+        """(private key, certificate chain) of the signing key called ``name``."""
+        if not name.replace("-", "_").isidentifier():
+            raise ValueError(f"{name!r} is not a key name (letters, digits, '-', '_')")
+        return Path(keys_dir) / f"{name}.key.pem", Path(keys_dir) / f"{name}.pem"
+
 
 def agency_subject(agency_code: str, agency_name: str) -> x509.Name:
     """The agency's name and its QCVN 102 code (as UID), so a verifier sees who signed."""
@@ -153,13 +160,17 @@ def _write_key(path: Path, key: PrivateKeyTypes) -> None:
                                    serialization.NoEncryption()), mode=0o600)
 
 
-def load_signer(keys_dir: Path) -> Signer:
-    """The agency signer; ``agency.pem`` may hold the leaf followed by intermediates."""
-    paths = KeyPaths.in_dir(keys_dir)
-    if not (paths.agency_key.exists() and paths.agency_cert.exists()):
-        raise FileNotFoundError(f"no agency key in {keys_dir}: run `lienthong keys init` first")
-    key = serialization.load_pem_private_key(paths.agency_key.read_bytes(), password=None)
-    chain = x509.load_pem_x509_certificates(paths.agency_cert.read_bytes())
+def load_signer(keys_dir: Path, name: str = "agency") -> Signer:
+    """The signer called ``name``: ``<name>.key.pem`` and ``<name>.pem`` (leaf, then intermediates).
+
+    A connector manifest names the key that signs for it, so one platform can sign for several
+    agencies, each with its own certificate.
+    """
+    key_file, cert_file = KeyPaths.named(keys_dir, name)
+    if not (key_file.exists() and cert_file.exists()):
+        raise FileNotFoundError(f"no signing key {name!r} in {keys_dir}: run `lienthong keys init` first")
+    key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    chain = x509.load_pem_x509_certificates(cert_file.read_bytes())
     return Signer(key, chain)
 
 

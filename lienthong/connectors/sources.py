@@ -1,0 +1,116 @@
+"""One way to pull any source stream, whatever protocol the agency's system speaks.
+
+A route only needs batches of (cursor, row) in (cursor, key) order and, before it is approved,
+a look at what the live system really offers so that a mapping naming a missing field is caught
+at check time rather than mid-run. Every protocol's source is built from a connection id, like
+an Airflow hook, so the route, the CLI and the tests open it the same way.
+
+The row contract every source keeps (the ODBC source set it): a flat dict of JSON-safe values,
+to-one objects as ``object.column`` keys, to-many children as lists of flat dicts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping, Protocol, runtime_checkable
+
+from lienthong.connectors.streams import Cursor, Stream
+from lienthong.connectors.values import json_safe
+
+PROTOCOLS = ("odbc", "soap", "rest")
+
+
+@dataclass
+class Probe:
+    """What the live system offers for a stream: the fields a mapping may name (``object.col``
+    for to-one objects), each child's fields, and anything worth telling the engineer."""
+
+    fields: set[str]
+    children: dict[str, set[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def missing(self, stream: Stream) -> list[str]:
+        """The stream's declared fields and child columns the live system does not offer."""
+        problems = [f"field {name!r} is not offered" for name in sorted(stream.fields() - self.fields)]
+        for name, child in stream.children.items():
+            if name not in self.children:
+                problems.append(f"child {name!r} is not offered")
+                continue
+            problems += [f"child column {name}.{c!r} is not offered"
+                         for c in child.columns if c not in self.children[name]]
+        return problems
+
+
+def offered(records: Iterable[Mapping[str, Any]], notes: list[str] | None = None) -> Probe:
+    """The fields and children a few nested records show (a to-one object gives ``object.key``)."""
+    fields: set[str] = set()
+    children: dict[str, set[str]] = {}
+    for record in records:
+        for name, value in record.items():
+            if isinstance(value, Mapping):
+                fields.update(f"{name}.{key}" for key in value)
+            elif isinstance(value, list):
+                found = children.setdefault(name, set())
+                for item in value:
+                    found.update(item if isinstance(item, Mapping) else ())
+            else:
+                fields.add(name)
+    return Probe(fields, children, notes or [])
+
+
+def flatten(record: Mapping[str, Any], stream: Stream) -> dict[str, Any]:
+    """A nested record in the row contract, holding the stream's declared fields and children.
+
+    A to-one object that is absent (null, or left out) gives ``None`` for each of its fields, as a
+    LEFT JOIN does over ODBC.
+    """
+    row: dict[str, Any] = {}
+    for path in [stream.primary_key, stream.cursor_field, *stream.columns]:
+        head, _, tail = path.partition(".")
+        value = record.get(head)
+        if tail:
+            value = value.get(tail) if isinstance(value, Mapping) else None
+        row[path] = json_safe(value)
+    for name, child in stream.children.items():
+        row[name] = [{c: json_safe(item.get(c)) for c in child.columns} for item in record.get(name) or []]
+    return row
+
+
+def cursor_of(row: Mapping[str, Any], stream: Stream) -> Cursor:
+    """The (cursor, key) position of a row; ISO text is read as a date-time, as ODBC binds it."""
+    value = row[stream.cursor_field]
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    return Cursor.of(value, row[stream.primary_key])
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A stream being pulled: batches after a cursor, and a look at the live system."""
+
+    stream: Stream
+
+    def read(self, after: Cursor | None) -> Iterator[list[tuple[Cursor, dict[str, Any]]]]: ...
+
+    def probe(self) -> Probe: ...
+
+
+def open_source(protocol: str, stream: Stream, conn_id: str) -> Source:
+    """The source for a protocol; its module is imported only when that protocol is used."""
+    if protocol == "odbc":
+        from lienthong.connectors.odbc import OdbcSource
+
+        return OdbcSource.from_connection(stream, conn_id)
+    if protocol == "soap":
+        from lienthong.connectors.soap_source import SoapSource
+
+        return SoapSource.from_connection(stream, conn_id)
+    if protocol == "rest":
+        from lienthong.connectors.rest_source import RestSource
+
+        return RestSource.from_connection(stream, conn_id)
+    raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
