@@ -1,9 +1,10 @@
 """Running lienthong's DAGs through Airflow itself, embedded: SQLite metadata, no servers.
 
 Airflow reads the project's ``airflow.cfg`` and keeps its database and logs in the data folder.
-A DAG run happens in a child process (``python -m lienthong.airflow_env DAG_ID RESULT_FILE``)
-calling ``dag.test()``: the same scheduling loop, task runner and XCom as a real deployment, with
-Airflow's own output going to a log file while the parent shows progress.
+DAG runs happen in a child process (``python -m lienthong.airflow_env RESULT_FILE DAG_ID...``)
+calling ``dag.test()`` for each DAG in turn: the same scheduling loop, task runner and XCom as a
+real deployment, with Airflow's own output going to a log file while the parent shows progress.
+One child runs several DAGs so that Airflow's start-up and the DAG folder parse are paid once.
 """
 
 from __future__ import annotations
@@ -48,30 +49,35 @@ def ensure_metadata_db(s: Settings, env: dict[str, str], log_file: Path) -> None
     marker.touch()
 
 
-def start_dag_run(dag_id: str, env: dict[str, str], result_file: Path, log_file: Path) -> subprocess.Popen:
+def start_dag_runs(dag_ids: list[str], env: dict[str, str], result_file: Path, log_file: Path) -> subprocess.Popen:
+    """One run of each DAG, in order; the child writes one JSON line per finished run."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_file, "ab")
-    return subprocess.Popen([sys.executable, "-m", "lienthong.airflow_env", dag_id, str(result_file)],
+    return subprocess.Popen([sys.executable, "-m", "lienthong.airflow_env", str(result_file), *dag_ids],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _run(dag_id: str, result_file: Path) -> int:
-    """In the child: parse the DAG folder as the scheduler would and run one DAG run."""
+def _run(result_file: Path, dag_ids: list[str]) -> int:
+    """In the child: parse the DAG folder as the scheduler would, then one DAG run per id."""
     from airflow.configuration import conf
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=conf.get("core", "dags_folder"))
-    if bag.import_errors:
-        result_file.write_text(json.dumps({"error": "DAG import errors", "detail": bag.import_errors}))
-        return 2
-    dag = bag.get_dag(dag_id)
-    if dag is None:
-        result_file.write_text(json.dumps({"error": f"no DAG {dag_id!r} in the DAG folder"}))
-        return 2
-    dag_run = dag.test()
-    result_file.write_text(json.dumps({"dag_id": dag_id, "run_id": dag_run.run_id, "state": getattr(dag_run.state, "value", str(dag_run.state))}))
+    with open(result_file, "a") as out:
+        if bag.import_errors:
+            out.write(json.dumps({"error": "DAG import errors", "detail": bag.import_errors}) + "\n")
+            return 2
+        for dag_id in dag_ids:
+            dag = bag.get_dag(dag_id)
+            if dag is None:
+                out.write(json.dumps({"dag_id": dag_id, "error": f"no DAG {dag_id!r} in the DAG folder"}) + "\n")
+                continue
+            dag_run = dag.test()
+            out.write(json.dumps({"dag_id": dag_id, "run_id": dag_run.run_id,
+                                  "state": getattr(dag_run.state, "value", str(dag_run.state))}) + "\n")
+            out.flush()
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(_run(sys.argv[1], Path(sys.argv[2])))
+    raise SystemExit(_run(Path(sys.argv[1]), sys.argv[2:]))

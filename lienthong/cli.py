@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from lienthong.registry.cli import connectors_app
 from lienthong.staging import STAGES
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -18,23 +19,26 @@ sandbox_app = typer.Typer(no_args_is_help=True, help="The stand-ins for the exte
 keys_app = typer.Typer(no_args_is_help=True, help="Sandbox keys and certificates.")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(keys_app, name="keys")
+app.add_typer(connectors_app, name="connectors")
 console = Console(stderr=True)
 
 
-def _progress_table(progress: dict[str, int]) -> Table:
-    table = Table(title="dossier_sync: records per stage", min_width=50)
+def _progress_table(progress: dict[str, dict[str, int]]) -> Table:
+    table = Table(title="records per stage, per route", min_width=70)
+    table.add_column("route")
     for name in STAGES:
         table.add_column(name, justify="right")
-    table.add_row(*(f"{progress.get(name, 0):,}" for name in STAGES))
+    for route, stages in progress.items():
+        table.add_row(route, *(f"{stages.get(name, 0):,}" for name in STAGES))
     return table
 
 
 @app.command()
 def demo(
-    records: int = typer.Option(2000, "--records", "-n", min=1, help="dossiers to seed into an empty sandbox"),
+    records: int = typer.Option(1000, "--records", "-n", min=1, help="dossiers to seed into each empty dossier system"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of the summary"),
 ) -> None:
-    """Seed the sandbox, run the dossier_sync DAG through Airflow, and report what happened."""
+    """Seed the sandbox, register the example connectors, run their DAGs through Airflow, report."""
     from lienthong.demo import run_demo
 
     notes = (lambda _: None) if as_json else (lambda text: console.print(f"[cyan]•[/] {text}"))
@@ -50,33 +54,42 @@ def demo(
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    key = summary["answer_key"]
     console.print()
-    console.print(f"[bold]Run[/] {summary['run_id']}: {summary['status']} in {summary['seconds']} s "
-                  f"(Airflow DAG run: {summary['dag_run_state']})")
-    console.print(f"  pulled {summary['pulled']:,} = acknowledged {summary['acknowledged']:,} "
-                  f"+ quarantined {summary['quarantined']:,} + pending {summary['pending']:,}")
-    console.print(f"  pushed this run {summary['pushed']:,}; already acknowledged earlier "
-                  f"{summary['already_acknowledged']:,}; the portal now holds {summary['portal_stored']:,} dossiers")
-    if summary["quarantine_reasons"]:
-        table = Table(title="Quarantine reasons (a record may have several)")
+    table = Table(title=f"Demo: {summary['status']} in {summary['seconds']} s")
+    for column in ("route", "status", "pulled", "acknowledged", "quarantined", "pending", "pushed",
+                   "already sent", "bad dossiers caught", "good held back"):
+        table.add_column(column, justify="left" if column in ("route", "status") else "right")
+    for r in summary["routes"]:
+        key = r.get("answer_key")
+        table.add_row(r["route"], r["status"], *(f"{r[k]:,}" for k in ("pulled", "acknowledged", "quarantined",
+                                                                        "pending", "pushed", "already_acknowledged")),
+                      f"{key['bad_quarantined_for_their_reason']}/{key['bad_pulled']}" if key else "-",
+                      str(len(key["good_quarantined"])) if key else "-")
+    console.print(table)
+    reasons: dict[str, int] = {}
+    for r in summary["routes"]:
+        for rule, count in r["quarantine_reasons"].items():
+            reasons[rule] = reasons.get(rule, 0) + count
+    if reasons:
+        table = Table(title="Quarantine reasons, all routes (a record may have several)")
         table.add_column("rule")
         table.add_column("records", justify="right")
-        for rule, count in sorted(summary["quarantine_reasons"].items(), key=lambda kv: -kv[1]):
+        for rule, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
             table.add_row(rule, str(count))
         console.print(table)
-    console.print(f"  answer key: {key['bad_quarantined_for_their_reason']} of {key['bad_pulled']} deliberately bad "
-                  f"dossiers quarantined for their reason; good dossiers quarantined: {len(key['good_quarantined'])}")
-    console.print(f"  Airflow's log of the run: {summary['log_file']}")
+    portal = summary["portal"]
+    console.print(f"  the portal now holds {portal['dossiers']:,} dossiers and {portal['progress']:,} progress entries")
+    console.print("  auditors: `lienthong audit runs`, `lienthong audit verify --all`")
+    console.print(f"  Airflow's log of the runs: {summary['log_file']}")
 
 
 @app.command()
-def run(route: str = typer.Argument("dossier_sync", help="the route (DAG id) to run")) -> None:
+def run(route: str = typer.Argument(..., help="the route (DAG id, <agency>__<stream>) to run")) -> None:
     """Run one route once through Airflow with the connections of this environment."""
-    from lienthong.demo import run_route
+    from lienthong.demo import run_routes
     from lienthong.settings import settings
 
-    result = run_route(settings(), route)
+    (result,) = run_routes(settings(), [route])
     typer.echo(json.dumps({k: result[k] for k in ("run_id", "status", "counts", "quarantine_reasons", "log_file")},
                           ensure_ascii=False, default=str))
     if result["status"] != "success":
@@ -85,36 +98,31 @@ def run(route: str = typer.Argument("dossier_sync", help="the route (DAG id) to 
 
 @sandbox_app.command("up")
 def sandbox_up(
-    records: int = typer.Option(2000, "--records", "-n", min=0, help="dossiers to seed if the database is empty"),
+    records: int = typer.Option(1000, "--records", "-n", min=0, help="dossiers to seed into each empty dossier system"),
     population_port: int = typer.Option(8081, help="port of the population database (SOAP)"),
     portal_port: int = typer.Option(8082, help="port of the national portal (REST)"),
     latency_ms: float = typer.Option(20.0, help="deliberate latency of the population database per call"),
 ) -> None:
     """Start the sandbox in the foreground and print the Airflow connections that reach it."""
-    import pyodbc
-
-    from lienthong.connectors import connection
     from lienthong.connectors.connection import use_connections
-    from lienthong.connectors.odbc import connection_string_for
-    from lienthong.sandbox import dossier_db, services
+    from lienthong.demo import SYSTEMS
+    from lienthong.sandbox import services
+    from lienthong.sandbox.http import free_port
+    from lienthong.sandbox.serve import SERVICES
     from lienthong.settings import settings
     from lienthong.signing.keys import init_keys
 
     s = settings()
     init_keys(s.keys_dir)
-    sandbox = services.start(s, {"population": population_port, "portal": portal_port},
-                             latency_ms={"population": latency_ms})
-    with sandbox:
+    ports = {name: free_port() for name in SERVICES} | {"population": population_port, "portal": portal_port}
+    with services.start(s, ports, latency_ms={"population": latency_ms}) as sandbox:
         conns = sandbox.connections()
         use_connections(conns)
-        conn_str = connection_string_for(connection.DOSSIER_DB)
-        with pyodbc.connect(conn_str) as conn:
-            empty = dossier_db.count_dossiers(conn) == 0
-        if empty and records:
-            services.seed_dossiers(s, conn_str, records)
-        console.print(f"population database (SOAP): {sandbox.url('population')}/population?wsdl")
-        console.print(f"national portal (REST):     {sandbox.url('portal')}/api/")
-        console.print(f"dossier database (ODBC):    {conns[connection.DOSSIER_DB]['schema']}")
+        for system in SYSTEMS:
+            if records and not services.answer_key(s, system):
+                services.seed_system(s, system, records)
+        for name in SERVICES:
+            console.print(f"{name:>12}: {sandbox.url(name)}")
         console.print("fault switches: PUT {\"latency_ms\": .., \"error_rate\": ..} to <service>/_sandbox/faults")
         console.print("Airflow connections for this sandbox:")
         for conn_id, conn in conns.items():
@@ -124,21 +132,18 @@ def sandbox_up(
 
 
 @sandbox_app.command("seed")
-def sandbox_seed(records: int = typer.Option(..., "--records", "-n", min=1, help="dossiers to add")) -> None:
-    """Add dossiers to the sandbox database (new, so the next run moves exactly these)."""
+def sandbox_seed(
+    records: int = typer.Option(..., "--records", "-n", min=1, help="dossiers to add"),
+    system: str = typer.Option("odbc", help="the dossier system: odbc, soap or rest"),
+) -> None:
+    """Add dossiers to a sandbox dossier system (new, so the next run moves exactly these)."""
     import datetime as dt
 
-    from lienthong.connectors import connection
-    from lienthong.connectors.connection import use_connections
-    from lienthong.connectors.odbc import connection_string_for
     from lienthong.sandbox import services
     from lienthong.settings import settings
 
-    s = settings()
-    use_connections({connection.DOSSIER_DB: services.dossier_db_connection(s)})
-    conn_str = connection_string_for(connection.DOSSIER_DB)
-    services.seed_dossiers(s, conn_str, records, updated_at=dt.datetime.now().replace(microsecond=0))
-    console.print(f"added {records} dossiers")
+    services.seed_system(settings(), system, records, updated_at=dt.datetime.now().replace(microsecond=0))
+    console.print(f"added {records} dossiers to the {system} system")
 
 
 @keys_app.command("init")

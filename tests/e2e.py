@@ -11,6 +11,8 @@ from typing import Iterator
 import pyodbc
 import pytest
 
+from lienthong.demo import EXAMPLES_DIR
+from lienthong.registry.store import Registry
 from lienthong.sandbox import services
 from lienthong.sandbox.services import Sandbox
 from lienthong.settings import Settings, settings
@@ -26,8 +28,9 @@ class World:
 
 
 @contextmanager
-def world(home: Path, seed_count: int) -> Iterator[World]:
-    """Keys, the sandbox services as processes, a seeded dossier database; DAG retries off."""
+def world(home: Path, seed_count: int, examples: tuple[str, ...] = ("so-tu-phap.yaml",)) -> Iterator[World]:
+    """Keys, the sandbox services as processes, a seeded dossier database, the example connectors
+    registered and approved; DAG retries off."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LIENTHONG_HOME", str(home))
         mp.delenv("LIENTHONG_STATE_DB", raising=False)
@@ -38,8 +41,17 @@ def world(home: Path, seed_count: int) -> Iterator[World]:
             for conn_id, conn in sandbox.connections().items():
                 mp.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
             conn_str = sqlite_connection_string(s.sandbox_dir / "dossiers.db")
-            services.seed_dossiers(s, conn_str, seed_count)
+            if seed_count:
+                services.seed_dossiers(s, conn_str, seed_count)
+            approve_examples(s, *examples)
             yield World(s, sandbox, conn_str)
+
+
+def approve_examples(s: Settings, *names: str) -> None:
+    """Register and approve example manifests, as an agency and an engineer would."""
+    registry = Registry(s.state_db_url)
+    for name in names:
+        registry.approve(registry.register(EXAMPLES_DIR / name, "e2e-test")[0], "e2e-test")
 
 
 def personal_data(conn_str: str) -> set[str]:

@@ -1,4 +1,5 @@
-"""The dossier_sync DAG run through Airflow against the sandbox, checked record by record."""
+"""The dossier and status routes of the ODBC example connector, run through Airflow against the
+sandbox, checked record by record."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import requests
 
 from lienthong.audit.ledger import Ledger
 from lienthong.connectors.rest import PortalSink
-from lienthong.demo import run_route
+from lienthong.demo import run_routes
 from lienthong.sandbox import dossier_db, seed, services
 from lienthong.sandbox.portal import sandbox_stats
 from lienthong.signing.records import unseal
@@ -19,13 +20,13 @@ from lienthong.signing.keys import load_signer, load_trust_store
 from tests.e2e import leaks, personal_data, world
 
 pytestmark = pytest.mark.slow
-ROUTE = "dossier_sync"
+ROUTE = "stp_h40__dossiers"
 
 
 def test_every_record_ends_acknowledged_or_quarantined_and_reruns_send_nothing(tmp_path: Path) -> None:
     with world(tmp_path / "home", 400) as w:
         ledger = Ledger(w.settings.state_db_url)
-        run = run_route(w.settings, ROUTE)
+        run = run_routes(w.settings, [ROUTE])[0]
         assert (run["status"], run["dag_run_state"]) == ("success", "success")
         counts = run["counts"]
         assert counts["pulled"] == 400 == counts["acknowledged"] + counts["quarantined"] + counts["pending"]
@@ -59,7 +60,7 @@ def test_every_record_ends_acknowledged_or_quarantined_and_reruns_send_nothing(t
         assert all(not f.get("record") for f in sink.lookup(quarantined[:20]))
 
         # A rerun pulls nothing and sends nothing.
-        again = run_route(w.settings, ROUTE)
+        again = run_routes(w.settings, [ROUTE])[0]
         assert again["status"] == "success" and again["counts"]["pulled"] == 0
         assert sandbox_stats(w.sandbox.url("portal"))["received"] == stats["received"]
 
@@ -68,7 +69,7 @@ def test_every_record_ends_acknowledged_or_quarantined_and_reruns_send_nothing(t
         with pyodbc.connect(w.conn_str, autocommit=False) as conn:
             dossier_db.touch(conn, touched, dt.datetime.now().replace(microsecond=0))
         services.seed_dossiers(w.settings, w.conn_str, 5, updated_at=dt.datetime.now().replace(microsecond=0))
-        third = run_route(w.settings, ROUTE)
+        third = run_routes(w.settings, [ROUTE])[0]
         assert third["status"] == "success"
         assert third["counts"]["pulled"] == 10
         moved = {o["record_key"] for o in ledger.outcomes(third["run_id"])}
@@ -84,14 +85,14 @@ def test_a_portal_outage_leaves_records_pending_and_the_next_run_delivers_them(t
     with world(tmp_path / "home", 120) as w:
         portal = w.sandbox.url("portal")
         requests.put(f"{portal}/_sandbox/faults", json={"error_rate": 1.0}, timeout=5).raise_for_status()
-        failed = run_route(w.settings, ROUTE)
+        failed = run_routes(w.settings, [ROUTE])[0]
         assert failed["status"] == "failed" and failed["dag_run_state"] == "failed"
         counts = failed["counts"]
         assert counts["pulled"] == 120 == counts["quarantined"] + counts["pending"]
         assert counts["pending"] > 0 and counts["acknowledged"] == 0
 
         requests.put(f"{portal}/_sandbox/faults", json={"error_rate": 0.0}, timeout=5).raise_for_status()
-        recovered = run_route(w.settings, ROUTE)
+        recovered = run_routes(w.settings, [ROUTE])[0]
         assert recovered["status"] == "success"
         # The cursor stopped before the first pending record: every pending one is pulled again.
         assert recovered["counts"]["acknowledged"] == counts["pending"]
@@ -99,3 +100,25 @@ def test_a_portal_outage_leaves_records_pending_and_the_next_run_delivers_them(t
         assert not any(w.settings.staging_dir.iterdir())  # the failed run's staged personal data is gone too
         stats = sandbox_stats(portal)
         assert stats["dossiers"] == stats["versions"] == counts["pending"]
+
+
+def test_status_changes_travel_once_each_to_the_portal_progress_service(tmp_path: Path) -> None:
+    with world(tmp_path / "home", 150) as w:
+        dossiers, status = run_routes(w.settings, [ROUTE, "stp_h40__status"])
+        assert dossiers["status"] == "success"
+        assert (status["status"], status["dag_run_state"]) == ("success", "success")
+        with pyodbc.connect(w.conn_str) as conn:
+            statuses = [row[0] for row in conn.cursor().execute("SELECT status FROM dossier_history").fetchall()]
+        counts = status["counts"]
+        unknown = statuses.count("TRANG_THAI_KHONG_RO")
+        assert counts["pulled"] == len(statuses) == counts["acknowledged"] + counts["quarantined"]
+        assert counts["pending"] == 0 and counts["quarantined"] == unknown > 0
+        for outcome in Ledger(w.settings.state_db_url).outcomes(status["run_id"]):
+            if outcome["outcome"] == "quarantined":
+                assert "unknown_status_code" in {r["rule"] for r in outcome["reasons"]}, outcome["reasons"]
+        stats = sandbox_stats(w.sandbox.url("portal"))
+        assert stats["progress"] == counts["acknowledged"]
+
+        again = run_routes(w.settings, ["stp_h40__status"])[0]
+        assert again["status"] == "success" and again["counts"]["pulled"] == 0
+        assert sandbox_stats(w.sandbox.url("portal"))["progress"] == stats["progress"]

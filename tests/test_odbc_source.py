@@ -10,11 +10,12 @@ import pytest
 
 from lienthong.connectors.odbc import OdbcSource, connection_string
 from lienthong.connectors.streams import Cursor, Stream
-from lienthong.routes.route import MAPPINGS_DIR
-from lienthong.mappings.spec import load
+from lienthong.demo import EXAMPLES_DIR
+from lienthong.registry import manifest
 from lienthong.sandbox import dossier_db, seed
 
-STREAM = load(MAPPINGS_DIR / "dossier.yaml").source
+_MANIFEST = manifest.read(EXAMPLES_DIR / "so-tu-phap.yaml")
+STREAM = _MANIFEST.source_stream(_MANIFEST.streams[0])
 
 
 def _seeded(conn_str: str, count: int) -> seed.Seed:

@@ -22,8 +22,9 @@ from lienthong.settings import Settings
 from lienthong.signing.keys import init_keys, load_trust_store
 from lienthong.staging import RunStaging
 from tests.conftest import sqlite_connection_string
+from tests.e2e import approve_examples
 
-ROUTE = "dossier_sync"
+ROUTE = "stp_h40__dossiers"
 
 
 class FailAfter:
@@ -62,6 +63,7 @@ def sandbox(home: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[F
         for conn_id, conn in conns.items():
             monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
         services.seed_dossiers(home, sqlite_connection_string(home.sandbox_dir / "dossiers.db"), 1200)
+        approve_examples(home, "so-tu-phap.yaml")
         yield portal_app, web.url
 
 

@@ -16,8 +16,6 @@ from lienthong.routes.route import Route
 
 DEFAULT_ARGS = {
     "owner": "lienthong",
-    # Each stage resumes from staging, so a retry redoes only the unfinished part.
-    "retries": int(os.environ.get("LIENTHONG_TASK_RETRIES", "2")),
     "retry_delay": dt.timedelta(seconds=15),
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": dt.timedelta(minutes=5),
@@ -55,8 +53,10 @@ def build_dag(route: Route) -> DAG:
         start_date=dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc),
         catchup=False,
         max_active_runs=1,  # two runs of one route would pull the same window
-        default_args=DEFAULT_ARGS,
-        tags=["lienthong", "route"],
+        # Each stage resumes from staging, so a retry redoes only the unfinished part. The
+        # manifest sets the retries; LIENTHONG_TASK_RETRIES overrides them for a whole deployment.
+        default_args={**DEFAULT_ARGS, "retries": int(os.environ.get("LIENTHONG_TASK_RETRIES", route.retries))},
+        tags=["lienthong", route.target.name, route.protocol, route.connector_id],
         doc_md=__doc__,
     ) as dag:
 

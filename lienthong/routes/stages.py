@@ -44,7 +44,7 @@ def _ledger() -> Ledger:
 
 
 def extract(route_name: str, run_id: str, dag_id: str | None = None, airflow_run_id: str | None = None) -> dict[str, Any]:
-    from lienthong.connectors.odbc import OdbcSource
+    from lienthong.connectors.sources import open_source
 
     route = get_route(route_name)
     ledger = _ledger()
@@ -55,10 +55,10 @@ def extract(route_name: str, run_id: str, dag_id: str | None = None, airflow_run
     after = _resume_point(stage) or _cursor_before(ledger, run_id)
     index = len(stage.parts())
     pulled = sum(len(stage.read_part(i)) for i in stage.parts())
-    source = OdbcSource.from_connection(route.spec.source, route.source_conn)
+    source = open_source(route.protocol, route.stream, route.source_conn)
     for batch in source.read(after):
         stage.write_part(index, (
-            {"id": str(row[route.spec.source.primary_key]), "cursor": cursor.model_dump(),
+            {"id": str(row[route.stream.primary_key]), "cursor": cursor.model_dump(),
              "source_hash": content_hash(row), "row": row}
             for cursor, row in batch
         ))
@@ -86,7 +86,10 @@ def _resume_point(stage: Any) -> Cursor | None:
 
 
 def verify(route_name: str, run_id: str) -> dict[str, Any]:
-    """Ask the population database about every applicant, in batches, concurrently."""
+    """Ask the population database about every applicant, in batches, concurrently.
+
+    Routes whose target does not name a citizen (status sync) pass through with nothing to ask.
+    """
     from lienthong.connectors.soap import PopulationVerifier, Subject
 
     route = get_route(route_name)
@@ -94,7 +97,7 @@ def verify(route_name: str, run_id: str) -> dict[str, Any]:
     source, stage = staging.stage("extract"), staging.stage("verify")
     if stage.done:
         return stage.counts()
-    if route.population_conn is None:
+    if route.population_conn is None or not route.target.verify_citizens:
         return _finish(stage, {})
     engine = MappingEngine(route.spec)
     verifier = PopulationVerifier.from_connection(route.population_conn)
@@ -154,11 +157,12 @@ def sign(route_name: str, run_id: str) -> dict[str, Any]:
     """Seal every record that passed the gate: version (content hash) and JWS with the chain."""
     from lienthong.signing.keys import load_signer
 
+    route = get_route(route_name)
     staging = _staging(run_id)
     mapped, gated, stage = staging.stage("map"), staging.stage("gate"), staging.stage("sign")
     if stage.done:
         return stage.counts()
-    signer = load_signer(settings().keys_dir)
+    signer = load_signer(settings().keys_dir, route.signing_key)
 
     def seal_part(index: int) -> list[dict[str, Any] | None]:
         return [seal(m["payload"], signer) if v["status"] == gate.PASS else None
@@ -201,7 +205,7 @@ def push(route_name: str, run_id: str) -> dict[str, Any]:
         for start in range(0, len(todo), sink.batch_size):
             chunk = todo[start : start + sink.batch_size]
             try:
-                answers = sink.push([sealed[i] for i in chunk])
+                answers = sink.push([sealed[i] for i in chunk], service=route.target.service)
             except PortalUnavailable:
                 stage.write_part(index, acks)
                 raise

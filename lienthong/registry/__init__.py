@@ -1,0 +1,1 @@
+"""Connector manifests: their checking, versions and approval; the source of the routes."""

@@ -1,0 +1,145 @@
+"""YAML files checked against a model, every problem pointing at its line: ``FILE:LINE: path: message``.
+
+Manifests and mappings are written by hand by agencies, so a refusal must say where the mistake
+is, and all of them at once: a resubmission per typo would make onboarding a correspondence.
+The YAML is composed into a node tree once (nodes carry their marks) and each problem's location
+(a pydantic ``loc``, or one of our own) is walked down that tree to the nearest line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+Loc = Sequence[str | int]
+M = TypeVar("M", bound=BaseModel)
+Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.path or '(file)'}: {self.message}"
+
+
+class Invalid(ValueError):
+    """Every problem of a submission; its text is one ``FILE:LINE: path: message`` per line."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True)
+class YamlDoc:
+    """A YAML file's text, its data and its node tree (for line numbers)."""
+
+    file: str
+    text: str
+    data: Any
+    root: yaml.Node | None
+
+    @classmethod
+    def read(cls, path: Path) -> "YamlDoc":
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise Invalid([Problem(str(path), 1, "", f"cannot be read: {exc}")]) from None
+        return cls.parse(str(path), text)
+
+    @classmethod
+    def parse(cls, file: str, text: str) -> "YamlDoc":
+        try:
+            root = yaml.compose(text, Loader=Loader)
+            data = yaml.load(text, Loader=Loader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            raise Invalid([Problem(file, mark.line + 1 if mark else 1, "", f"not valid YAML: {exc.problem}")]) from None
+        except yaml.YAMLError as exc:
+            raise Invalid([Problem(file, 1, "", f"not valid YAML: {exc}")]) from None
+        return cls(file, text, data, root)
+
+    def problem(self, loc: Loc, message: str) -> Problem:
+        return Problem(self.file, self.line(loc), ".".join(str(p) for p in loc), message)
+
+    def line(self, loc: Loc) -> int:
+        """The 1-based line of ``loc``; for something missing, the line of the nearest parent."""
+        node = self.root
+        if node is None:
+            return 1
+        line = node.start_mark.line
+        for part in loc:
+            found = _child(node, part)
+            if found is None:
+                break
+            line, node = found
+        return line + 1
+
+    def duplicate_keys(self) -> list[Problem]:
+        """YAML keeps the last of two equal keys silently; a hand-written file means the first."""
+        found: list[Problem] = []
+        stack = [self.root] if self.root is not None else []
+        while stack:
+            node = stack.pop()
+            if isinstance(node, yaml.MappingNode):
+                seen: set[str] = set()
+                for key, value in node.value:
+                    if key.value in seen:
+                        found.append(Problem(self.file, key.start_mark.line + 1, str(key.value), "duplicate key"))
+                    seen.add(key.value)
+                    stack.append(value)
+            elif isinstance(node, yaml.SequenceNode):
+                stack.extend(node.value)
+        return found
+
+    def validate(self, model: type[M], patterns: dict[str, str] | None = None) -> tuple[M | None, list[Problem]]:
+        """The model, or None and one located problem per validation error. ``patterns`` says in
+        words what a regular expression of the model means, for whoever wrote the file."""
+        problems = self.duplicate_keys()
+        try:
+            return model.model_validate(self.data), problems
+        except ValidationError as exc:
+            return None, problems + [self.problem(_loc(e["loc"]), _message(e, patterns or {}))
+                                     for e in exc.errors()]
+
+
+def _child(node: yaml.Node, part: str | int) -> tuple[int, yaml.Node] | None:
+    """(line, node) of ``part`` in ``node``: a mapping entry is on its key's line (its value, a
+    nested mapping, starts on the next one)."""
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if str(key.value) == str(part):
+                return key.start_mark.line, value
+    elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+        return node.value[part].start_mark.line, node.value[part]
+    return None
+
+
+def _loc(loc: tuple[str | int, ...]) -> list[str | int]:
+    """Pydantic's loc without its internal tags (``[key]``, ``function-after[...]``)."""
+    return [p for p in loc if not (isinstance(p, str) and (p == "[key]" or "[" in p and p.endswith("]")))]
+
+
+def _message(error: dict[str, Any], patterns: dict[str, str]) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") in patterns:
+        return f"{error.get('input')!r} is not {patterns[ctx['pattern']]}"
+    if kind == "missing":
+        return "required, but missing"
+    if kind == "extra_forbidden":
+        return "unknown field (not part of the format)"
+    if kind == "literal_error":
+        return f"unknown value {error.get('input')!r}: expected {ctx.get('expected')}"
+    message = error["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return message
