@@ -28,17 +28,21 @@ def test_demo_json_accounts_for_every_record_and_a_second_demo_moves_nothing(tmp
     first = _demo(home, "--records", "300", "--json")
     assert first.returncode == 0, first.stderr[-3000:]
     summary = json.loads(first.stdout)
-    assert summary["pulled"] == 300 == summary["acknowledged"] + summary["quarantined"] + summary["pending"]
-    assert summary["pending"] == 0 and summary["portal_stored"] == summary["acknowledged"]
-    assert summary["quarantined"] == summary["answer_key"]["bad_pulled"]
-    assert summary["answer_key"]["bad_quarantined_for_their_reason"] == summary["answer_key"]["bad_pulled"] == 9
-    assert summary["answer_key"]["good_quarantined"] == []
-    assert summary["quarantine_reasons"] and summary["run_id"].startswith("dossier_sync__")
+    assert summary["status"] == "success" and summary["seeded"] == {"odbc": 300, "soap": 300, "rest": 300}
+    routes = {r["route"]: r for r in summary["routes"]}
+    assert set(routes) == {"stp_h40__dossiers", "stp_h40__status", "hql_h40__dossiers", "xnl_h40__dossiers"}
+    for r in routes.values():
+        assert r["pulled"] == r["acknowledged"] + r["quarantined"] and r["pending"] == 0
+        if r["target"] == "dossier_sync":
+            key = r["answer_key"]
+            assert r["pulled"] == 300 and key["bad_quarantined_for_their_reason"] == key["bad_pulled"] == r["quarantined"] == 9
+            assert key["good_quarantined"] == []
+    assert summary["portal"]["dossiers"] == sum(r["acknowledged"] for r in routes.values() if r["target"] == "dossier_sync")
+    assert summary["portal"]["progress"] == routes["stp_h40__status"]["acknowledged"]
 
     second = _demo(home)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "pulled 0 = acknowledged 0" in second.stderr
-    assert f"the portal now holds {summary['portal_stored']:,} dossiers" in second.stderr
+    assert f"the portal now holds {summary['portal']['dossiers']:,} dossiers" in second.stderr
 
     secrets = personal_data(sqlite_connection_string(home / "sandbox" / "dossiers.db"))
     assert leaks(home, secrets) == []

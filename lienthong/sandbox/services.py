@@ -158,7 +158,9 @@ def seed_system(s: Settings, system: str, count: int, updated_at: Any = None) ->
 def answer_key(s: Settings, system: str) -> dict[str, str | None]:
     """Dossier code -> the defect seeded into it (None for a good one), for one system."""
     if system == "odbc":
-        with pyodbc.connect(_odbc_string(s)) as conn:
+        with pyodbc.connect(_odbc_string(s), autocommit=False) as conn:
+            dossier_db.create_schema(conn)  # an empty system has an empty answer key
+            conn.commit()
             return dossier_db.truth(conn)
     return dossier_system.truth(s.sandbox_dir / _system(system).db_file)
 
