@@ -103,7 +103,7 @@ def test_a_portal_outage_leaves_records_pending_and_the_next_run_delivers_them(t
 
 
 def test_status_changes_travel_once_each_to_the_portal_progress_service(tmp_path: Path) -> None:
-    with world(tmp_path / "home", 150) as w:
+    with world(tmp_path / "home", 200) as w:  # 200 seeded hold one dossier of unknown status
         dossiers, status = run_routes(w.settings, [ROUTE, "stp_h40__status"])
         assert dossiers["status"] == "success"
         assert (status["status"], status["dag_run_state"]) == ("success", "success")
