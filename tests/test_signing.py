@@ -102,7 +102,8 @@ def test_init_keys_issues_a_missing_agency_key_from_the_existing_ca(tmp_path: Pa
     init_keys(tmp_path)
 
     assert paths.ca_cert.read_bytes() == ca_pem
-    load_trust_store(tmp_path).verify_chain(load_signer(tmp_path).chain, NOW)
+    # Checked now, not at the module's NOW: the new certificate is younger than the test session.
+    load_trust_store(tmp_path).verify_chain(load_signer(tmp_path).chain, dt.datetime.now(dt.timezone.utc))
 
 
 # --- detached JWS ---------------------------------------------------------------------------
