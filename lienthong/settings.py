@@ -44,6 +44,14 @@ class Settings(BaseModel):
         return self.home / "sandbox"
 
     @cached_property
+    def tsa_ca_file(self) -> Path:
+        """The CA that time-stamp tokens must chain to (``LIENTHONG_TSA_CA``; default: the sandbox TSA's).
+
+        A trust anchor of the auditor's own, so that ``audit verify`` needs no TSA connection.
+        """
+        return Path(os.environ.get("LIENTHONG_TSA_CA") or self.sandbox_dir / "tsa" / "tsa-ca.pem")
+
+    @cached_property
     def logs_dir(self) -> Path:
         return self.home / "logs"
 

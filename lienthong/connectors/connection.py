@@ -14,6 +14,8 @@ PORTAL = "lienthong_portal"
 # The sandbox's other dossier systems: a district's over SOAP, a commune's over REST.
 DISTRICT_SOAP = "lienthong_district_soap"
 COMMUNE_REST = "lienthong_commune_rest"
+# The time-stamping authority (RFC 3161) that dates each run manifest.
+TSA = "lienthong_tsa"
 
 
 def get_connection(conn_id: str) -> Any:

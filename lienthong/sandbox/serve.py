@@ -13,7 +13,7 @@ from pathlib import Path
 from lienthong.sandbox.faults import FaultConfig
 from lienthong.sandbox.http import build_server
 
-SERVICES = ("population", "portal", "dossier_soap", "dossier_rest")
+SERVICES = ("population", "portal", "dossier_soap", "dossier_rest", "tsa")
 
 
 def build_app(name: str, data_dir: Path, trust_store: Path | None, faults: FaultConfig) -> object:
@@ -31,6 +31,10 @@ def build_app(name: str, data_dir: Path, trust_store: Path | None, faults: Fault
         from lienthong.sandbox.dossier_system import COMMUNE
 
         return dossier_rest.create_app(data_dir / COMMUNE.db_file, data_dir, faults=faults)
+    if name == "tsa":
+        from lienthong.sandbox import tsa
+
+        return tsa.create_app(data_dir, faults=faults)
     from lienthong.sandbox import portal
     from lienthong.signing.trust import TrustStore
 

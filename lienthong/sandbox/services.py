@@ -58,8 +58,14 @@ class Sandbox:
             connection.PORTAL: {"conn_type": "http", "host": HOST, "port": self.ports["portal"], "schema": "http",
                                 "login": PORTAL_USER, "password": portal_password(self.settings),
                                 "extra": {"batch_size": 200}},
+            connection.TSA: self.tsa_connection(),
             **self.dossier_system_connections(),
         }
+
+    def tsa_connection(self) -> dict[str, Any]:
+        """The time-stamping authority; ``ca_file`` is the root its tokens chain to."""
+        return {"conn_type": "http", "host": HOST, "port": self.ports["tsa"], "schema": "http",
+                "extra": {"path": "/tsa", "ca_file": str(self.settings.sandbox_dir / "tsa" / "tsa-ca.pem")}}
 
     def dossier_system_connections(self) -> dict[str, dict[str, Any]]:
         """The district (SOAP) and commune (REST) systems, when this sandbox runs them."""
