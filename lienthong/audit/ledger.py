@@ -3,6 +3,11 @@
 The ledger holds hashes, dossier codes and reasons, never personal data, so auditors can read
 it freely. The incremental cursor is not kept apart: it is the ``cursor_after`` of the route's
 latest settled run, so the ledger and the cursor cannot disagree.
+
+Tamper evidence: every outcome is a leaf of its run's RFC 6962 Merkle tree and keeps its audit
+path; every settled run gets a manifest (its facts, counts and the tree's root) signed by the
+platform key, time-stamped, and chained to the route's previous manifest. ``audit verify``
+recomputes all of it from these tables (lienthong.audit.verify).
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ import datetime as dt
 from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import (JSON, Column, DateTime, Index, Integer, MetaData, String, Table, Text,
-                        create_engine, insert, select, update)
-from sqlalchemy.engine import Engine
+from sqlalchemy import (JSON, Column, DateTime, Index, Integer, LargeBinary, MetaData, String, Table, Text,
+                        UniqueConstraint, create_engine, insert, select, update)
+from sqlalchemy.engine import Connection, Engine
 
+from lienthong.audit import manifest, merkle
 from lienthong.connectors.streams import Cursor
+from lienthong.logs import mask_personal_ids
 
 ACKNOWLEDGED, QUARANTINED, PENDING = "acknowledged", "quarantined", "pending"
 RUNNING, SUCCESS, FAILED = "running", "success", "failed"
@@ -54,8 +61,32 @@ outcomes = Table(
     Column("ack_code", Integer),
     Column("ack_status", String(40)),
     Column("acked_at", DateTime(timezone=True)),
+    Column("payload_hash", String(64)),  # content hash of the mapped payload, before signing
+    Column("leaf_index", Integer),  # place in the run's Merkle tree
+    Column("leaf_hash", String(64)),
+    Column("proof", JSON),  # audit path to the run's root: hex hashes, nearest sibling first
     Index("ix_outcomes_delivery", "route", "record_key", "version", "outcome"),
+    Index("ix_outcomes_record_key", "record_key"),
 )
+
+run_manifests = Table(
+    "run_manifests", metadata,
+    Column("run_id", String(200), primary_key=True),
+    Column("route", String(100), nullable=False),
+    Column("seq", Integer, nullable=False),  # 1, 2, ... per route: the chain's order
+    Column("manifest", Text, nullable=False),  # canonical JSON, exactly the signed bytes
+    Column("manifest_hash", String(64), nullable=False),
+    Column("prev_hash", String(64)),  # the route's previous manifest_hash; null for the first
+    Column("signature", LargeBinary),  # detached CMS SignedData (DER) by the platform key
+    Column("timestamp", LargeBinary),  # RFC 3161 TimeStampResp (DER) over the signature; null: unstamped
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    # Two runs of one route settling at once cannot both take the same place in the chain.
+    UniqueConstraint("route", "seq", name="uq_run_manifests_route_seq"),
+)
+
+
+class LedgerError(RuntimeError):
+    """A change the ledger refuses because it would rewrite sealed history."""
 
 
 @lru_cache(maxsize=8)
@@ -111,30 +142,88 @@ class Ledger:
         return found
 
     def settle(self, run_id: str, records: Iterable[dict[str, Any]], status: str,
-               cursor_after: Cursor | None, counts: dict[str, int],
-               reasons: dict[str, int]) -> None:
-        """Every record's outcome and the run's close in one transaction: all or nothing."""
-        route = self.run(run_id)["route"]
+               cursor_after: Cursor | None, counts: dict[str, Any],
+               reasons: dict[str, int], *, facts: dict[str, Any] | None = None,
+               seal: manifest.Sealer | None = None) -> None:
+        """Every record's outcome, the run's close and its manifest in one transaction.
+
+        Record ``i`` becomes leaf ``i`` of the run's tree and keeps its audit path. ``facts``
+        (:func:`lienthong.audit.manifest.route_facts`) go into the manifest; ``seal`` signs and
+        time-stamps it (without one the manifest is stored unsigned and verify says so). A
+        retried settle takes the place in the chain its first attempt took, so the chain never
+        forks; re-settling a run that later runs already chain to is refused.
+        """
+        run = self.run(run_id)
+        if run is None:
+            raise LedgerError(f"run {run_id} was never started")
+        rows = [{"run_id": run_id, "route": run["route"], **_outcome_row(record)} for record in records]
+        tree = merkle.Tree([merkle.leaf_hash(manifest.leaf_bytes(row)) for row in rows])
+        for index, row in enumerate(rows):
+            row.update(leaf_index=index, leaf_hash=tree.levels[0][index].hex(),
+                       proof=[p.hex() for p in tree.proof(index)])
+        settled_at = _now()
+        cursor = cursor_after.model_dump() if cursor_after else None
         with self.engine.begin() as conn:
+            seq, prev_hash = _place_in_chain(conn, run_id, run["route"])
+            text, digest = manifest.encode(manifest.document(
+                run_id=run_id, route=run["route"], seq=seq, prev_manifest_hash=prev_hash, status=status,
+                settled_at=settled_at, cursor_before=run["cursor_before"], cursor_after=cursor,
+                counts=counts, quarantine_reasons=reasons, tree_size=tree.size, merkle_root=tree.root.hex(),
+                facts=facts or {}))
+            sealed = seal(text.encode("utf-8")) if seal else None
             conn.execute(outcomes.delete().where(outcomes.c.run_id == run_id))
-            batch: list[dict[str, Any]] = []
-            for record in records:
-                batch.append({"run_id": run_id, "route": route, **record})
-                if len(batch) == 5000:
-                    conn.execute(insert(outcomes), batch)
-                    batch = []
-            if batch:
-                conn.execute(insert(outcomes), batch)
+            for start in range(0, len(rows), 5000):
+                conn.execute(insert(outcomes), rows[start : start + 5000])
             conn.execute(update(runs).where(runs.c.run_id == run_id).values(
-                finished_at=_now(), status=status,
-                cursor_after=cursor_after.model_dump() if cursor_after else None,
+                finished_at=settled_at, status=status, cursor_after=cursor,
                 counts=counts, quarantine_reasons=reasons,
+            ))
+            conn.execute(run_manifests.delete().where(run_manifests.c.run_id == run_id))
+            conn.execute(insert(run_manifests).values(
+                run_id=run_id, route=run["route"], seq=seq, manifest=text, manifest_hash=digest,
+                prev_hash=prev_hash, signature=sealed.signature if sealed else None,
+                timestamp=sealed.timestamp if sealed else None, created_at=settled_at,
             ))
 
     def outcomes(self, run_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(outcomes).where(outcomes.c.run_id == run_id).order_by(outcomes.c.id))
             return [dict(r) for r in rows.mappings()]
+
+    def runs(self, route: str | None = None) -> list[dict[str, Any]]:
+        """Newest first."""
+        query = select(runs).order_by(runs.c.started_at.desc())
+        if route is not None:
+            query = query.where(runs.c.route == route)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def manifests(self, route: str | None = None) -> list[dict[str, Any]]:
+        """Manifest rows in chain order (route, seq)."""
+        query = select(run_manifests).order_by(run_manifests.c.route, run_manifests.c.seq)
+        if route is not None:
+            query = query.where(run_manifests.c.route == route)
+        with self.engine.connect() as conn:
+            return [_with_tree(dict(r)) for r in conn.execute(query).mappings()]
+
+    def manifest(self, run_id: str) -> dict[str, Any] | None:
+        """The run's manifest row, with ``tree_size`` and ``merkle_root`` read from the signed text."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(run_manifests).where(run_manifests.c.run_id == run_id)).mappings().first()
+        return _with_tree(dict(row)) if row else None
+
+    @staticmethod
+    def manifest_document(row: dict[str, Any]) -> dict[str, Any]:
+        return manifest.decode(row["manifest"])
+
+    def trace(self, record_key: str) -> list[dict[str, Any]]:
+        """Every outcome of one record key, oldest run first, with its run's route and status."""
+        query = (select(outcomes, runs.c.status.label("run_status"), runs.c.started_at)
+                 .join(runs, runs.c.run_id == outcomes.c.run_id)
+                 .where(outcomes.c.record_key == record_key)
+                 .order_by(runs.c.started_at, outcomes.c.leaf_index))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
 
     def latest_run(self, route: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -145,3 +234,31 @@ class Ledger:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+def _outcome_row(record: dict[str, Any]) -> dict[str, Any]:
+    """The stored columns of an outcome: reasons masked, times in UTC (SQLite keeps no zone)."""
+    row = {name: record.get(name) for name in manifest.LEAF_FIELDS}
+    if row["reasons"]:  # a portal or gate message may quote a value: mask before it is hashed
+        row["reasons"] = [{**r, "message": mask_personal_ids(str(r.get("message", "")))} for r in row["reasons"]]
+    if row["acked_at"] is not None:
+        row["acked_at"] = dt.datetime.fromisoformat(manifest.utc_text(row["acked_at"]).replace("Z", "+00:00"))
+    return row
+
+
+def _place_in_chain(conn: Connection, run_id: str, route: str) -> tuple[int, str | None]:
+    """(seq, previous manifest hash) for the run's manifest: its old place when re-settled."""
+    head = conn.execute(select(run_manifests).where(run_manifests.c.route == route)
+                        .order_by(run_manifests.c.seq.desc()).limit(1)).mappings().first()
+    mine = conn.execute(select(run_manifests).where(run_manifests.c.run_id == run_id)).mappings().first()
+    if mine is None:
+        return (head["seq"] + 1, head["manifest_hash"]) if head else (1, None)
+    if head["run_id"] != run_id:
+        raise LedgerError(f"run {run_id} is sealed and run {head['run_id']} already chains after it: "
+                          "its outcomes can no longer be rewritten")
+    return mine["seq"], mine["prev_hash"]
+
+
+def _with_tree(row: dict[str, Any]) -> dict[str, Any]:
+    tree = manifest.decode(row["manifest"]).get("tree", {})
+    return {**row, "tree_size": tree.get("size"), "merkle_root": tree.get("root")}

@@ -12,6 +12,7 @@ import re
 from typing import Any, Callable
 
 from lienthong.audit.ledger import (ACKNOWLEDGED, FAILED, PENDING, QUARANTINED, SUCCESS, Ledger)
+from lienthong.audit.manifest import platform_sealer, route_facts
 from lienthong.connectors.streams import Cursor
 from lienthong.gates import gate
 from lienthong.logs import get_logger
@@ -257,7 +258,8 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
     counts["stages"] = {name: stage.counts() for name, stage in done.items()}
     complete = len(done) == len(STAGES)
     status = SUCCESS if complete and counts["pending"] == 0 else FAILED
-    ledger.settle(run_id, outcomes, status, last_settled, counts, reasons)
+    ledger.settle(run_id, outcomes, status, last_settled, counts, reasons,
+                  facts=route_facts(route), seal=platform_sealer(settings().keys_dir))
     log.info("run %s settled: %s", run_id, counts)
     if status == SUCCESS:
         purge_route(settings().staging_dir, route.name)
@@ -270,9 +272,11 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
 def _outcome(route: Route, extracted: dict[str, Any], mapped: dict[str, Any] | None,
              verdict: dict[str, Any] | None, sealed: dict[str, Any] | None,
              ack: dict[str, Any] | None) -> dict[str, Any]:
-    key = (mapped or {}).get("payload", {}).get(route.spec.key) or f"#{extracted['id']}"
+    payload = (mapped or {}).get("payload")
+    key = (payload or {}).get(route.spec.key) or f"#{extracted['id']}"
     out: dict[str, Any] = {
         "record_key": str(key), "source_id": extracted["id"], "source_hash": extracted["source_hash"],
+        "payload_hash": content_hash(payload) if payload is not None else None,
         "version": None, "reasons": None, "signature": None, "signer": None,
         "ack_code": None, "ack_status": None, "acked_at": None,
     }

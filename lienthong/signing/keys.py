@@ -34,6 +34,13 @@ SANDBOX_AGENCY_CODE = "000.00.00.H40"
 SANDBOX_AGENCY_NAME = "Cơ quan thử nghiệm lienthong (sandbox)"
 CA_VALIDITY = dt.timedelta(days=3650)
 AGENCY_VALIDITY = dt.timedelta(days=730)
+# The platform's own key: it signs run manifests, a statement by the hub, not by any agency.
+PLATFORM_KEY = "platform"
+PLATFORM_SUBJECT = x509.Name([
+    x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
+    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "lienthong sandbox"),
+    x509.NameAttribute(NameOID.COMMON_NAME, "lienthong platform (run ledger)"),
+])
 # Certificates start a little in the past so that a verifier whose clock lags still accepts them.
 CLOCK_SKEW = dt.timedelta(minutes=5)
 
@@ -78,11 +85,13 @@ def issue_certificate(
     ca: bool = False,
     valid_from: dt.datetime | None = None,
     valid_for: dt.timedelta = AGENCY_VALIDITY,
+    extended_key_usage: Sequence[x509.ObjectIdentifier] = (),
 ) -> x509.Certificate:
     """A CA certificate (``ca=True``) or a signing certificate; self-signed when ``issuer`` is None.
 
     Signing certificates get digitalSignature + contentCommitment: a record signature is a
-    statement by the agency, not just an authentication.
+    statement by the agency, not just an authentication. ``extended_key_usage`` is marked
+    critical, as RFC 3161 requires of a time-stamping certificate (a key for one job only).
     """
     start = valid_from or dt.datetime.now(dt.timezone.utc) - CLOCK_SKEW
     issuer_name = issuer.subject if issuer is not None else subject
@@ -103,6 +112,8 @@ def issue_certificate(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public), critical=False)
     )
+    if extended_key_usage:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(extended_key_usage)), critical=True)
     return builder.sign(signing_key, hashes.SHA256())
 
 
@@ -112,7 +123,7 @@ def init_keys(
     agency_name: str = SANDBOX_AGENCY_NAME,
     force: bool = False,
 ) -> KeyPaths:
-    """Create the sandbox CA and agency key, keeping whatever already exists unless ``force``.
+    """Create the sandbox CA, agency key and platform key, keeping what exists unless ``force``.
 
     Keeping keys matters: records already signed, and the portal's trust store, refer to them.
     A missing agency key is issued by the existing CA; a new CA always gets a new agency key.
@@ -132,17 +143,25 @@ def init_keys(
         _write(paths.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
         log.info("sandbox CA created in %s", keys_dir)
     if new_ca or not (paths.agency_key.exists() and paths.agency_cert.exists()):
-        ca_cert = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
-        ca_key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
-        agency_key = ec.generate_private_key(ec.SECP256R1())
-        cert = issue_certificate(agency_subject(agency_code, agency_name), agency_key.public_key(),
-                                 ca_key, ca_cert)
-        _write_key(paths.agency_key, agency_key)
-        _write(paths.agency_cert, cert.public_bytes(serialization.Encoding.PEM))
+        _issue_from_ca(paths, agency_subject(agency_code, agency_name), paths.agency_key, paths.agency_cert)
         log.info("agency signing key for %s created in %s", agency_code, keys_dir)
     else:
         log.info("keys in %s kept", keys_dir)
+    platform_key, platform_cert = KeyPaths.named(keys_dir, PLATFORM_KEY)
+    if new_ca or not (platform_key.exists() and platform_cert.exists()):
+        _issue_from_ca(paths, PLATFORM_SUBJECT, platform_key, platform_cert)
+        log.info("platform key (signs run manifests) created in %s", keys_dir)
     return paths
+
+
+def _issue_from_ca(paths: KeyPaths, subject: x509.Name, key_file: Path, cert_file: Path) -> None:
+    """A new key and its certificate from the sandbox CA, written as ``key_file``/``cert_file``."""
+    ca_cert = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = issue_certificate(subject, key.public_key(), ca_key, ca_cert)
+    _write_key(key_file, key)
+    _write(cert_file, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _write(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -1,0 +1,32 @@
+"""A route run through its real stages (sandbox over ODBC and HTTP) settles sealed and verifiable."""
+
+from __future__ import annotations
+
+from lienthong.audit import report
+from lienthong.audit import verify as v
+from lienthong.audit.ledger import ACKNOWLEDGED, Ledger
+from lienthong.routes import stages
+from lienthong.settings import Settings
+from tests.test_stage_resume import ROUTE, sandbox  # noqa: F401  (the fixture)
+
+
+def test_a_settled_run_carries_its_route_facts_and_verifies(home: Settings, sandbox) -> None:  # noqa: F811
+    portal_app, _ = sandbox
+    portal_app.healed = True
+    run_id = stages.run_id_for(ROUTE, "manual__audit")
+    for stage in (stages.extract, stages.verify, stages.map_records, stages.gate_records, stages.sign, stages.push):
+        stage(ROUTE, run_id)
+    stages.record(ROUTE, run_id)
+
+    ledger = Ledger(home.state_db_url)
+    detail = report.run_detail(ledger, run_id)
+    m = detail["manifest"]
+    assert m["connector"] == {"id": "so-tu-phap-nghe-an", "version": 1}
+    assert m["mapping"]["hash"] and m["schema"]["def"] == "HoSo" and len(m["suite"]["hash"]) == 64
+    assert m["tree"]["size"] == m["counts"]["pulled"] == 1200 and m["prev_manifest_hash"] is None
+    acked = [o for o in detail["outcomes"] if o["outcome"] == ACKNOWLEDGED]
+    assert acked and all(o["payload_hash"] and o["signer"] for o in acked)
+    kinds = {p.kind for p in report.verify(ledger, run_id, keys_dir=home.keys_dir).problems}
+    assert kinds <= {v.UNSTAMPED}
+    [step] = report.trace(ledger, acked[0]["record_key"])
+    assert step["proof_ok"] and step["ack_status"] == "stored"
