@@ -7,10 +7,11 @@ import signal
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from lienthong.audit.cli import audit_app
+from lienthong.consoles import err as console
 from lienthong.registry.cli import connectors_app
 from lienthong.staging import STAGES
 
@@ -20,7 +21,7 @@ keys_app = typer.Typer(no_args_is_help=True, help="Sandbox keys and certificates
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(keys_app, name="keys")
 app.add_typer(connectors_app, name="connectors")
-console = Console(stderr=True)
+app.add_typer(audit_app, name="audit")
 
 
 def _progress_table(progress: dict[str, dict[str, int]]) -> Table:
@@ -79,7 +80,13 @@ def _print_summary(summary: dict[str, Any]) -> None:
         console.print(table)
     portal = summary["portal"]
     console.print(f"  the portal now holds {portal['dossiers']:,} dossiers and {portal['progress']:,} progress entries")
-    console.print("  auditors: `lienthong audit runs`, `lienthong audit verify --all`")
+    ledger = summary["ledger"]
+    if ledger["problems"]:
+        console.print(f"  [red]ledger: {len(ledger['problems'])} problem(s)[/]; see `lienthong audit verify --all`")
+    else:
+        console.print(f"  ledger: {ledger['runs_checked']} run(s) and {ledger['records_checked']:,} record outcomes "
+                      "verified (signed, time-stamped, chained)")
+    console.print("  auditors: `lienthong audit runs`, `lienthong audit trace CODE`, `lienthong audit export RUN --out DIR`")
     console.print(f"  Airflow's log of the runs: {summary['log_file']}")
 
 

@@ -8,22 +8,17 @@ from __future__ import annotations
 
 import getpass
 import json
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from lienthong.consoles import err, out
 from lienthong.registry.located import Invalid
 
 connectors_app = typer.Typer(no_args_is_help=True, help="Connector manifests: register, check, approve, list.")
-# Lines are never cut at the terminal's width (a file:line or a column's name must stay whole to be
-# found), and piped output gets a table wide enough to read.
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, soft_wrap=True)
 BY = typer.Option(None, "--by", help="who does this (default: the logged-in user)")
 
 

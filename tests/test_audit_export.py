@@ -1,0 +1,69 @@
+"""The export bundle verifies with sh and openssl alone, and stops verifying once tampered."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lienthong.audit import report
+from lienthong.audit.ledger import Ledger
+from lienthong.signing.canonical import canonical_json
+from tests.audit_runs import three_runs
+
+CLEAN_ENV = {"PATH": "/usr/bin:/bin"}
+
+
+def verify_sh(bundle: Path) -> subprocess.CompletedProcess[str]:
+    """As an auditor runs it: no project, no venv, a bare PATH, from another directory."""
+    return subprocess.run(["sh", str(bundle / "verify.sh")], capture_output=True, text=True, env=CLEAN_ENV,
+                          cwd="/", timeout=120, check=False)
+
+
+@pytest.fixture
+def bundle(state_db_url: str, keys: Path, tmp_path: Path) -> Path:
+    ledger = three_runs(state_db_url, keys)
+    return report.export(ledger, "run-1", tmp_path / "out", keys_dir=keys)
+
+
+def test_the_bundle_holds_the_signed_bytes_and_every_record(bundle: Path, state_db_url: str) -> None:
+    ledger = Ledger(state_db_url)
+    assert (bundle / "manifest.json").read_text() == ledger.manifest("run-1")["manifest"]
+    lines = (bundle / "records.jsonl").read_bytes().splitlines()
+    assert len(lines) == 5
+    first = json.loads(lines[0])
+    assert canonical_json(first) == lines[0] and first["leaf_index"] == 0 and first["leaf"]["record_key"] == "H40-0"
+    assert "001090012345" not in (bundle / "records.jsonl").read_text()
+    readme = (bundle / "README.md").read_text()
+    assert "openssl cms -verify -binary -inform DER -in manifest.p7s -content manifest.json" in readme
+    assert "run-1" in readme
+
+
+def test_verify_sh_checks_signature_and_merkle_root(bundle: Path) -> None:
+    done = verify_sh(bundle)
+    assert "ok: signature by subject=C = VN, O = lienthong sandbox, CN = lienthong platform (run ledger)" in done.stdout
+    assert "ok: Merkle root" in done.stdout and "over 5 records" in done.stdout, done.stdout + done.stderr
+
+
+def test_verify_sh_fails_for_a_changed_record(bundle: Path) -> None:
+    records = bundle / "records.jsonl"
+    records.write_bytes(records.read_bytes().replace(b'"outcome":"quarantined"', b'"outcome":"acknowledged"', 1))
+    done = verify_sh(bundle)
+    assert done.returncode == 1 and "FAIL: Merkle root" in done.stdout and "NOT VERIFIED" in done.stdout
+
+
+def test_verify_sh_fails_for_a_removed_record(bundle: Path) -> None:
+    records = bundle / "records.jsonl"
+    lines = records.read_bytes().splitlines(keepends=True)
+    records.write_bytes(b"".join(lines[:2] + lines[3:]))
+    done = verify_sh(bundle)
+    assert done.returncode == 1 and "records.jsonl line 3 is leaf 3, expected leaf 2" in done.stdout
+
+
+def test_verify_sh_fails_for_a_changed_manifest(bundle: Path) -> None:
+    manifest = bundle / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes().replace(b'"pulled":5', b'"pulled":4'))
+    done = verify_sh(bundle)
+    assert done.returncode == 1 and "FAIL: signature" in done.stdout
