@@ -13,11 +13,13 @@ demo: setup
 
 test: setup
 	scripts/ensure-postgres.sh
+	@scripts/setup-browser.sh
 	$(PYTEST)
 
 # The quick subset: everything but the end-to-end runs through Airflow.
 test-quick: setup
 	scripts/ensure-postgres.sh
+	@scripts/setup-browser.sh
 	$(PYTEST) -m "not slow"
 
 setup: system $(STAMP)
