@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from lienthong import airflow_env
 from lienthong.audit.ledger import Ledger
+from lienthong.audit.verify import verify_runs
 from lienthong.connectors.connection import use_connections
 from lienthong.sandbox import seed, services
 from lienthong.settings import Settings, settings
@@ -125,6 +126,8 @@ def run_demo(records: int, on_progress: Progress | None = None, on_note: Callabl
         runs = run_routes(s, routes, on_progress)
         stats = sandbox_stats(sandbox.url("portal"))
         answer_keys = {system: services.answer_key(s, system) for system in SYSTEMS}
+        audit = verify_runs(Ledger(s.state_db_url), keys_dir=s.keys_dir,
+                            tsa_ca=Path(sandbox.tsa_connection()["extra"]["ca_file"]))
     registry = Registry(s.state_db_url)
     ledger = Ledger(s.state_db_url)
     summaries = []
@@ -143,10 +146,12 @@ def run_demo(records: int, on_progress: Progress | None = None, on_note: Callabl
                                                              answer_keys[route.protocol])
         summaries.append(summary)
     return {
-        "status": "success" if all(r["status"] == "success" for r in summaries) else "failed",
+        "status": "success" if audit.ok and all(r["status"] == "success" for r in summaries) else "failed",
         "seeded": seeded,
         "routes": summaries,
         "portal": {"dossiers": stats["dossiers"], "progress": stats["progress"]},
+        "ledger": {"runs_checked": audit.runs_checked, "records_checked": audit.records_checked,
+                   "problems": [str(p) for p in audit.problems]},
         "seconds": round(time.time() - started, 1),
         "log_file": runs[0]["log_file"] if runs else None,
     }

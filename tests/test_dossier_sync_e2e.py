@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from lienthong.audit.ledger import Ledger
+from lienthong.audit.verify import verify_runs
 from lienthong.connectors.rest import PortalSink
 from lienthong.demo import run_routes
 from lienthong.sandbox import dossier_db, seed, services
@@ -77,6 +78,10 @@ def test_every_record_ends_acknowledged_or_quarantined_and_reruns_send_nothing(t
         after = sandbox_stats(w.sandbox.url("portal"))
         assert after["versions"] == stats["versions"] + third["counts"]["acknowledged"]
         assert after["received"] == stats["received"] + third["counts"]["pushed"]
+
+        # The three runs are sealed, time-stamped by the sandbox TSA and chained: nothing to report.
+        audit = verify_runs(ledger, keys_dir=w.settings.keys_dir)
+        assert (audit.problems, audit.runs_checked) == ([], 3)
 
         assert leaks(w.settings.home, personal_data(w.conn_str)) == []
 
