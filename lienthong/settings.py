@@ -22,6 +22,9 @@ class Settings(BaseModel):
 
     home: Path
     state_db_url: str
+    # A run whose staging has not been written for this long, while a new run of its route starts,
+    # was abandoned (its worker died). Parts are written every batch, so minutes of silence are death.
+    abandoned_after_s: float = 900.0
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -29,6 +32,7 @@ class Settings(BaseModel):
         return cls(
             home=home,
             state_db_url=os.environ.get("LIENTHONG_STATE_DB") or f"sqlite:///{home / 'state.db'}",
+            abandoned_after_s=float(os.environ.get("LIENTHONG_ABANDONED_AFTER_S") or 900.0),
         )
 
     @cached_property

@@ -94,6 +94,11 @@ class RunStaging:
         self.run_id = run_id
         self.root = staging_dir / run_id
 
+    def last_written(self) -> float | None:
+        """When any stage of the run last wrote a file (epoch seconds): the run's heartbeat."""
+        times = [p.stat().st_mtime for p in self.root.rglob("*") if p.is_file()] if self.root.exists() else []
+        return max(times, default=None)
+
     def stage(self, name: str) -> StageDir:
         if name not in STAGES:
             raise ValueError(f"unknown stage {name!r}")

@@ -93,3 +93,28 @@ def test_a_push_that_fails_part_way_resumes_without_sending_anything_twice(home:
     settled = stages.record(ROUTE, run_id)
     assert settled["pulled"] == 1200 == settled["acknowledged"] + settled["quarantined"]
     assert not Path(RunStaging(home.staging_dir, run_id).root).exists()  # settled staging, with personal data, is gone
+
+
+def test_a_run_whose_worker_died_is_settled_by_the_next_run_from_its_staging(
+        home: Settings, sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    portal_app, url = sandbox
+    portal_app.healed = True
+    dead = stages.run_id_for(ROUTE, "manual__dead")
+    stages.extract(ROUTE, dead)
+    for stage in (stages.verify, stages.map_records, stages.gate_records, stages.sign, stages.push):
+        stage(ROUTE, dead)  # ... and the worker dies before `record`
+    ledger = stages._ledger()
+    assert [r["run_id"] for r in ledger.open_runs(ROUTE)] == [dead]
+
+    stages.settle_abandoned(ROUTE, ledger)  # within the lease: it might be a live worker, slow
+    assert ledger.run(dead)["status"] == "running"
+
+    monkeypatch.setenv("LIENTHONG_ABANDONED_AFTER_S", "0")
+    after = stages.run_id_for(ROUTE, "manual__after")
+    stages.extract(ROUTE, after)
+    settled = ledger.run(dead)
+    assert settled["status"] == "success" and settled["counts"]["acknowledged"] > 0
+    assert settled["counts"]["pulled"] == 1200 and settled["counts"]["pending"] == 0
+    # The next run starts past what the dead one delivered.
+    assert ledger.run(after)["cursor_before"] == settled["cursor_after"]
+    assert portal.sandbox_stats(url)["dossiers"] == settled["counts"]["acknowledged"]

@@ -112,6 +112,12 @@ class Ledger:
                 cursor_before=cursor_before.model_dump() if cursor_before else None,
             ))
 
+    def open_runs(self, route: str) -> list[dict[str, Any]]:
+        """Runs of ``route`` started but never settled, oldest first."""
+        query = select(runs).where(runs.c.route == route, runs.c.status == RUNNING).order_by(runs.c.started_at)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
     def cursor(self, route: str) -> Cursor | None:
         """Where the next run starts: after the last record the route has settled."""
         with self.engine.connect() as conn:

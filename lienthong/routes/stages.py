@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 from typing import Any, Callable
 
 from lienthong.audit.ledger import (ACKNOWLEDGED, FAILED, PENDING, QUARANTINED, SUCCESS, Ledger)
@@ -49,6 +50,8 @@ def extract(route_name: str, run_id: str, dag_id: str | None = None, airflow_run
 
     route = get_route(route_name)
     ledger = _ledger()
+    if ledger.run(run_id) is None:  # this run's first attempt, not a retry of its extract
+        settle_abandoned(route.name, ledger)
     ledger.start_run(run_id, route.name, dag_id, airflow_run_id, ledger.cursor(route.name))
     stage = _staging(run_id).stage("extract")
     if stage.done:
@@ -70,6 +73,31 @@ def extract(route_name: str, run_id: str, dag_id: str | None = None, airflow_run
     stage.mark_done(counts)
     log.info("run %s: pulled %d records in %d parts", run_id, pulled, index)
     return counts
+
+
+def settle_abandoned(route_name: str, ledger: Ledger) -> None:
+    """Settle, from their staging, the route's runs whose worker died before ``record`` ran.
+
+    A worker killed mid-run leaves its run open in the ledger and its staging on disk. Settling
+    it before the next run reads the cursor records what it did (what the portal acknowledged,
+    what the gate quarantined) and leaves the rest pending, so the next run pulls exactly those
+    again, and the portal's answer to a repeat of a push whose reply was lost is a duplicate,
+    never a second copy. A run still writing its staging (another worker) is left alone.
+    """
+    s = settings()
+    for run in ledger.open_runs(route_name):
+        started = run["started_at"]
+        if started.tzinfo is None:  # SQLite gives it back without its zone: UTC
+            started = started.replace(tzinfo=dt.timezone.utc)
+        idle = time.time() - (_staging(run["run_id"]).last_written() or started.timestamp())
+        if idle < s.abandoned_after_s:
+            continue
+        log.warning("run %s of %s was abandoned (nothing written for %.0f s): settling it from its staging",
+                    run["run_id"], route_name, idle)
+        try:
+            record(route_name, run["run_id"])
+        except RunIncomplete as exc:
+            log.warning("abandoned run settled as failed: %s", exc)
 
 
 def _cursor_before(ledger: Ledger, run_id: str) -> Cursor | None:
