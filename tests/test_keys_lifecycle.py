@@ -93,13 +93,12 @@ def test_a_crl_the_ca_did_not_sign_is_ignored_and_a_stale_one_refused(keys: Path
 
 
 def test_expired_and_not_yet_valid_certificates_name_their_serial(keys: Path) -> None:
-    ca = KeyPaths.in_dir(keys)
     for validity, reason in (({"valid_from": NOW - dt.timedelta(days=10), "valid_for": dt.timedelta(days=1)},
                               "certificate expired"),
                              ({"valid_from": NOW + dt.timedelta(days=1)}, "certificate not yet valid")):
         signer = new_signer(keys, **validity)
         with pytest.raises(SignatureError, match=f"{reason} .*serial {signer.certificate.serial_number:x}"):
-            unseal(seal(dossier(1), signer), load_trust_store(ca.ca_cert.parent))
+            unseal(seal(dossier(1), signer), load_trust_store(keys))
 
 
 @pytest.fixture(scope="module")
