@@ -7,6 +7,7 @@ import signal
 from typing import Any
 
 import typer
+from cryptography.x509 import ReasonFlags
 from rich.live import Live
 from rich.table import Table
 
@@ -161,6 +162,52 @@ def keys_init(force: bool = typer.Option(False, help="replace existing keys")) -
 
     paths = init_keys(settings().keys_dir, force=force)
     console.print(f"keys in {settings().keys_dir}: {paths}")
+
+
+# CRLReason names as typed on a command line: key-compromise, superseded, cessation-of-operation...
+_REASONS = {flag.name.replace("_", "-"): flag for flag in ReasonFlags if flag is not ReasonFlags.remove_from_crl}
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    name: str = typer.Argument(None, help="the key whose certificate to revoke (e.g. agency)"),
+    serial: str = typer.Option(None, help="or the certificate's serial number, in hex"),
+    reason: str = typer.Option("unspecified", help=f"one of {', '.join(_REASONS)}"),
+) -> None:
+    """Revoke a certificate of the sandbox CA and reissue its CRL (ca.crl.pem, which verifiers load).
+
+    superseded (after a rotation) keeps what was signed before; key-compromise voids it all.
+    """
+    from cryptography import x509
+
+    from lienthong.settings import settings
+    from lienthong.signing.keys import KeyPaths, revoke
+
+    if (name is None) == (serial is None):
+        raise typer.BadParameter("give a key name or --serial, not both")
+    if reason not in _REASONS:
+        raise typer.BadParameter(f"unknown reason {reason!r}: one of {', '.join(_REASONS)}")
+    keys_dir = settings().keys_dir
+    if name is not None:
+        cert_file = KeyPaths.named(keys_dir, name)[1]
+        if not cert_file.exists():
+            raise typer.BadParameter(f"no certificate {cert_file}")
+        number = x509.load_pem_x509_certificates(cert_file.read_bytes())[0].serial_number
+    else:
+        number = int(serial, 16)
+    revoke(keys_dir, number, _REASONS[reason])
+    console.print(f"revoked serial {number:x} ({reason}); CRL in {KeyPaths.in_dir(keys_dir).crl}")
+
+
+@keys_app.command("crl")
+def keys_crl() -> None:
+    """Renew the sandbox CA's CRL, keeping its revocations (verifiers refuse an out-of-date CRL)."""
+    from lienthong.settings import settings
+    from lienthong.signing.keys import KeyPaths, issue_crl
+
+    crl = issue_crl(settings().keys_dir)
+    console.print(f"CRL with {len(crl)} revocations, next update {crl.next_update_utc:%Y-%m-%d}, "
+                  f"in {KeyPaths.in_dir(settings().keys_dir).crl}")
 
 
 if __name__ == "__main__":

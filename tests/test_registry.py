@@ -123,6 +123,15 @@ def test_a_bad_manifest_is_refused_naming_line_and_field(registry: Registry, tmp
     assert any(line.startswith(expected) for line in refusal(registry, path)), expected
 
 
+def test_a_signing_key_in_a_token_is_accepted_by_its_connection(
+        registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = edited(tmp_path, "signing_key: agency", "signing_key: treasury-hsm")
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_KEY_TREASURY_HSM", json.dumps({"conn_type": "pkcs11"}))
+    connector_id, _, _ = registry.register(path, "agency")
+    registry.approve(connector_id, "engineer")
+    assert {r.signing_key for r in registry.approved_routes()} == {"treasury-hsm"}
+
+
 def test_every_problem_is_reported_at_once(registry: Registry, tmp_path: Path) -> None:
     path = edited(tmp_path, "protocol: odbc", "protocol: ftp")
     text = path.read_text(encoding="utf-8").replace("    cursor_field: updated_at\n", "", 1)

@@ -18,7 +18,7 @@ from lienthong.mappings.spec import MAPPINGS_DIR, MappingSpec
 from lienthong.registry import manifest as mf
 from lienthong.registry.located import Invalid, Problem, YamlDoc
 from lienthong.signing.canonical import content_hash
-from lienthong.signing.keys import KeyPaths
+from lienthong.signing.keys import KeyPaths, signing_connection
 
 
 @dataclass(frozen=True)
@@ -121,9 +121,24 @@ def _connection_problems(doc: YamlDoc, data: dict[str, Any]) -> list[Problem]:
 
 
 def _key_problems(doc: YamlDoc, data: dict[str, Any], keys_dir: Path) -> list[Problem]:
+    """The key must be in ``keys_dir`` or in a PKCS#11 token its Airflow connection points at."""
+    from airflow.exceptions import AirflowNotFoundException
+
+    from lienthong.connectors.connection import get_connection
+
     name = data.get("signing_key")
     if not isinstance(name, str) or not re.fullmatch(mf.KEY_NAME, name):
         return []
+    missing = [p.name for p in KeyPaths.named(keys_dir, name) if not p.is_file()]
+    if not missing:
+        return []
+    try:
+        get_connection(signing_connection(name))
+    except AirflowNotFoundException:
+        return [doc.problem(["signing_key"], f"signing key {name!r} is not in {keys_dir} "
+                                             f"(missing {', '.join(missing)}) nor in a token "
+                                             f"(no pkcs11 connection {signing_connection(name)!r})")]
+    return []
     missing = [p.name for p in KeyPaths.named(keys_dir, name) if not p.is_file()]
     if missing:
         return [doc.problem(["signing_key"], f"signing key {name!r} is not in {keys_dir} "

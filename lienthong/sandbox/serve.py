@@ -16,7 +16,8 @@ from lienthong.sandbox.http import build_server
 SERVICES = ("population", "portal", "dossier_soap", "dossier_rest", "tsa")
 
 
-def build_app(name: str, data_dir: Path, trust_store: Path | None, faults: FaultConfig) -> object:
+def build_app(name: str, data_dir: Path, trust_store: Path | None, faults: FaultConfig,
+              crl: Path | None = None) -> object:
     if name == "population":
         from lienthong.sandbox import population
 
@@ -39,7 +40,7 @@ def build_app(name: str, data_dir: Path, trust_store: Path | None, faults: Fault
     from lienthong.signing.trust import TrustStore
 
     users = json.loads((data_dir / "portal-users.json").read_text())
-    return portal.create_app(data_dir / "portal.db", TrustStore.from_pem_files([trust_store]),
+    return portal.create_app(data_dir / "portal.db", TrustStore.from_pem_files([trust_store], [crl] if crl else []),
                              users, faults=faults)
 
 
@@ -49,12 +50,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--trust-store", type=Path, help="CA certificates the portal trusts (PEM)")
+    parser.add_argument("--crl", type=Path, help="the CA's revocation list the portal checks (PEM)")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--error-rate", type=float, default=0.0)
     parser.add_argument("--access-log", action="store_true")
     args = parser.parse_args()
     faults = FaultConfig(latency_ms=args.latency_ms, error_rate=args.error_rate)
-    app = build_app(args.name, args.data_dir, args.trust_store, faults)
+    app = build_app(args.name, args.data_dir, args.trust_store, faults, args.crl)
     build_server(app, args.port, access_log=args.access_log).serve_forever()
 
 

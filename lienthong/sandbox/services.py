@@ -89,7 +89,8 @@ class Sandbox:
                    "--data-dir", str(s.sandbox_dir), "--access-log",
                    "--latency-ms", str((latency_ms or {}).get(name, 0.0))]
             if name == "portal":
-                cmd += ["--trust-store", str(KeyPaths.in_dir(s.keys_dir).ca_cert)]
+                paths = KeyPaths.in_dir(s.keys_dir)
+                cmd += ["--trust-store", str(paths.ca_cert)] + (["--crl", str(paths.crl)] if paths.crl.exists() else [])
             log = open(s.logs_dir / f"sandbox-{name}.log", "ab")
             self.processes[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         for name in self.ports:

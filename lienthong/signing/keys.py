@@ -43,6 +43,8 @@ PLATFORM_SUBJECT = x509.Name([
 ])
 # Certificates start a little in the past so that a verifier whose clock lags still accepts them.
 CLOCK_SKEW = dt.timedelta(minutes=5)
+# How long a CRL is good for: verifiers refuse to judge with an older one (see trust.py).
+CRL_VALIDITY = dt.timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,13 @@ class KeyPaths:
     ca_key: Path
     agency_key: Path
     agency_cert: Path
+    crl: Path
 
     @classmethod
     def in_dir(cls, keys_dir: Path) -> "KeyPaths":
         keys_dir = Path(keys_dir)
         return cls(keys_dir / "ca.pem", keys_dir / "ca.key.pem", keys_dir / "agency.key.pem",
-                   keys_dir / "agency.pem")
+                   keys_dir / "agency.pem", keys_dir / "ca.crl.pem")
 
     @staticmethod
     def named(keys_dir: Path, name: str) -> tuple[Path, Path]:
@@ -154,14 +157,71 @@ def init_keys(
     return paths
 
 
+def _sandbox_ca(keys_dir: Path) -> tuple[x509.Certificate, CertificateIssuerPrivateKeyTypes]:
+    paths = KeyPaths.in_dir(keys_dir)
+    if not (paths.ca_cert.exists() and paths.ca_key.exists()):
+        raise FileNotFoundError(f"no sandbox CA in {keys_dir}: run `lienthong keys init` first")
+    key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
+    return x509.load_pem_x509_certificate(paths.ca_cert.read_bytes()), key  # type: ignore[return-value]
+
+
+def certify(keys_dir: Path, subject: x509.Name, public_key: CertificatePublicKeyTypes,
+            **validity: dt.datetime | dt.timedelta) -> x509.Certificate:
+    """A signing certificate from the sandbox CA for a key held elsewhere (a token, a rotation)."""
+    ca_cert, ca_key = _sandbox_ca(keys_dir)
+    return issue_certificate(subject, public_key, ca_key, ca_cert, **validity)  # type: ignore[arg-type]
+
+
 def _issue_from_ca(paths: KeyPaths, subject: x509.Name, key_file: Path, cert_file: Path) -> None:
     """A new key and its certificate from the sandbox CA, written as ``key_file``/``cert_file``."""
-    ca_cert = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
-    ca_key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = issue_certificate(subject, key.public_key(), ca_key, ca_cert)
+    cert = certify(paths.ca_cert.parent, subject, key.public_key())
     _write_key(key_file, key)
     _write(cert_file, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def issue_crl(keys_dir: Path, revoked: Sequence[x509.RevokedCertificate] | None = None,
+              now: dt.datetime | None = None) -> x509.CertificateRevocationList:
+    """The sandbox CA's CRL (``ca.crl.pem``), listing ``revoked`` or, when None, what it listed before.
+
+    Called with no list it renews the CRL before its next update, keeping every revocation.
+    """
+    ca_cert, ca_key = _sandbox_ca(keys_dir)
+    crl_file = KeyPaths.in_dir(keys_dir).crl
+    if revoked is None:
+        revoked = list(x509.load_pem_x509_crl(crl_file.read_bytes())) if crl_file.exists() else []
+    now = now or dt.datetime.now(dt.timezone.utc)
+    builder = (x509.CertificateRevocationListBuilder()
+               .issuer_name(ca_cert.subject)
+               .last_update(now - CLOCK_SKEW)
+               .next_update(now + CRL_VALIDITY)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),  # type: ignore[arg-type]
+                              critical=False))
+    for entry in revoked:
+        builder = builder.add_revoked_certificate(entry)
+    crl = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    _write(crl_file, crl.public_bytes(serialization.Encoding.PEM))
+    return crl
+
+
+def revoke(keys_dir: Path, serial: int, reason: x509.ReasonFlags = x509.ReasonFlags.unspecified,
+           at: dt.datetime | None = None) -> x509.CertificateRevocationList:
+    """Add ``serial`` to the sandbox CA's CRL, revoked from ``at`` (default now) for ``reason``.
+
+    The reason matters to verifiers (see trust.py): ``superseded`` after a rotation keeps earlier
+    signatures good, ``key_compromise`` (and ``unspecified``) voids them all.
+    """
+    crl_file = KeyPaths.in_dir(keys_dir).crl
+    kept = [entry for entry in (x509.load_pem_x509_crl(crl_file.read_bytes()) if crl_file.exists() else [])
+            if entry.serial_number != serial]
+    entry = (x509.RevokedCertificateBuilder()
+             .serial_number(serial)
+             .revocation_date(at or dt.datetime.now(dt.timezone.utc))
+             .add_extension(x509.CRLReason(reason), critical=False)
+             .build())
+    crl = issue_crl(keys_dir, [*kept, entry])
+    log.info("certificate serial %x revoked (%s) in %s", serial, reason.value, crl_file)
+    return crl
 
 
 def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -179,22 +239,40 @@ def _write_key(path: Path, key: PrivateKeyTypes) -> None:
                                    serialization.NoEncryption()), mode=0o600)
 
 
+def signing_connection(name: str) -> str:
+    """The Airflow connection that makes the key called ``name`` a token key (see hsm.py)."""
+    return f"lienthong_key_{name.replace('-', '_')}"
+
+
 def load_signer(keys_dir: Path, name: str = "agency") -> Signer:
-    """The signer called ``name``: ``<name>.key.pem`` and ``<name>.pem`` (leaf, then intermediates).
+    """The signer called ``name``: a file key (``<name>.key.pem`` and ``<name>.pem``, leaf then
+    intermediates) when those files exist, else a PKCS#11 token key when the Airflow connection
+    ``lienthong_key_<name>`` (conn type ``pkcs11``) exists.
 
     A connector manifest names the key that signs for it, so one platform can sign for several
-    agencies, each with its own certificate.
+    agencies, each with its own certificate and each key where its agency keeps it.
     """
     key_file, cert_file = KeyPaths.named(keys_dir, name)
-    if not (key_file.exists() and cert_file.exists()):
-        raise FileNotFoundError(f"no signing key {name!r} in {keys_dir}: run `lienthong keys init` first")
-    key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
-    chain = x509.load_pem_x509_certificates(cert_file.read_bytes())
-    return Signer(key, chain)
+    if key_file.exists() and cert_file.exists():
+        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+        chain = x509.load_pem_x509_certificates(cert_file.read_bytes())
+        return Signer(key, chain)
+    from airflow.exceptions import AirflowNotFoundException
+
+    from lienthong.signing.hsm import TokenKeyRef, token_signer
+
+    try:
+        ref = TokenKeyRef.from_connection(signing_connection(name))
+    except AirflowNotFoundException:
+        raise FileNotFoundError(f"no signing key {name!r}: neither files in {keys_dir} (run `lienthong keys init`) "
+                                f"nor a pkcs11 connection {signing_connection(name)!r}") from None
+    return token_signer(ref)
 
 
 def load_trust_store(paths: Path | Sequence[Path]) -> TrustStore:
-    """Roots from PEM files; a directory stands for the sandbox CA (``ca.pem``) inside it."""
-    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    files = [KeyPaths.in_dir(p).ca_cert if Path(p).is_dir() else Path(p) for p in items]
-    return TrustStore.from_pem_files(files)
+    """Roots from PEM files; a directory stands for the sandbox CA (``ca.pem``) and its CRL
+    (``ca.crl.pem``, when the CA has issued one) inside it."""
+    items = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    dirs = [KeyPaths.in_dir(p) for p in items if p.is_dir()]
+    files = [p for p in items if not p.is_dir()] + [d.ca_cert for d in dirs]
+    return TrustStore.from_pem_files(files, [d.crl for d in dirs if d.crl.exists()])
