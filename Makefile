@@ -4,7 +4,10 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-PYTEST := $(PY) -m pytest
+# Two workers (pytest-xdist): the end-to-end runs spend much of their time waiting on Airflow's
+# child processes and the sandbox's servers, so two cores run two of them side by side
+# (scripts/ensure-postgres.sh makes a database for each worker).
+PYTEST := $(PY) -m pytest -n 2
 
 .PHONY: demo test test-quick setup system lock clean-data
 

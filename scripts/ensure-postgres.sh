@@ -3,7 +3,9 @@
 # that the test role and database exist; install and start Debian's server when there is none.
 set -euo pipefail
 host=127.0.0.1 port=${LIENTHONG_PG_PORT:-5432}
-role=lienthong password=lienthong db=lienthong_test
+role=lienthong password=lienthong
+# One database per pytest-xdist worker (make test runs two), and one for a plain pytest run.
+dbs=(lienthong_test lienthong_test_gw0 lienthong_test_gw1)
 sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
 
 if ! command -v pg_ctlcluster >/dev/null; then
@@ -22,5 +24,7 @@ as_postgres() { $sudo -u postgres psql -v ON_ERROR_STOP=1 -qAt -p "$port" "$@"; 
 if [ "$(id -u)" = 0 ]; then as_postgres() { su postgres -c "psql -v ON_ERROR_STOP=1 -qAt -p $port $(printf '%q ' "$@")"; }; fi
 [ "$(as_postgres -c "SELECT 1 FROM pg_roles WHERE rolname = '$role'")" = 1 ] ||
   as_postgres -c "CREATE ROLE $role LOGIN PASSWORD '$password'"
-[ "$(as_postgres -c "SELECT 1 FROM pg_database WHERE datname = '$db'")" = 1 ] ||
-  as_postgres -c "CREATE DATABASE $db OWNER $role"
+for db in "${dbs[@]}"; do
+  [ "$(as_postgres -c "SELECT 1 FROM pg_database WHERE datname = '$db'")" = 1 ] ||
+    as_postgres -c "CREATE DATABASE $db OWNER $role"
+done

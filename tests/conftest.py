@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+import os
+
 import pyodbc
 import pytest
 
@@ -14,8 +16,11 @@ from lienthong.signing.jws import Signer
 from lienthong.signing.keys import init_keys, load_signer, load_trust_store
 from lienthong.signing.trust import TrustStore
 
-POSTGRES = ("DRIVER={PostgreSQL Unicode};SERVER=127.0.0.1;PORT=5432;DATABASE=lienthong_test;"
-            "UID=lienthong;PWD=lienthong")
+# The test command runs pytest-xdist workers side by side: each has its own PostgreSQL database
+# (scripts/ensure-postgres.sh makes them), as each test has its own folder.
+PG_DATABASE = "lienthong_test" + (f"_{os.environ['PYTEST_XDIST_WORKER']}" if "PYTEST_XDIST_WORKER" in os.environ else "")
+POSTGRES = ("DRIVER={PostgreSQL Unicode};SERVER=127.0.0.1;PORT=5432;"
+            f"DATABASE={PG_DATABASE};UID=lienthong;PWD=lienthong")
 
 
 @pytest.fixture
@@ -56,7 +61,7 @@ def trust(keys: Path) -> TrustStore:
     return load_trust_store(keys)
 
 
-POSTGRES_STATE_DB = "postgresql+psycopg://lienthong:lienthong@127.0.0.1:5432/lienthong_test"
+POSTGRES_STATE_DB = f"postgresql+psycopg://lienthong:lienthong@127.0.0.1:5432/{PG_DATABASE}"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
