@@ -50,7 +50,7 @@ def json_body(response: requests.Response, limit: int, what: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        if exc.pos >= len(text.rstrip()):
+        if _cut_short(text, exc):
             raise BadAnswer(f"{what}: the JSON answer is cut short after {len(text)} characters "
                             f"({exc.msg})") from None
         raise BadAnswer(f"{what}: the answer is not JSON ({kind}): {exc.msg} at line {exc.lineno} "
@@ -59,3 +59,12 @@ def json_body(response: requests.Response, limit: int, what: str) -> Any:
         raise BadAnswer(f"{what}: the JSON answer is nested too deeply") from None
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
         raise BadAnswer(f"{what}: the JSON answer holds a value that cannot be read: {exc}") from None
+
+
+def _cut_short(text: str, exc: json.JSONDecodeError) -> bool:
+    """Whether the JSON would have been fine had it gone on: told apart from garbage, because a cut
+    answer points at the network or a proxy and garbage at the server itself."""
+    rest = text[exc.pos:].strip()
+    return (not rest or exc.msg.startswith("Unterminated string")
+            or (exc.msg.startswith("Invalid \\uXXXX") and len(rest) < 6)
+            or any(word.startswith(rest) for word in ("true", "false", "null")))
