@@ -20,7 +20,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 
 from lienthong.connectors.rest import PortalSink
 from lienthong.sandbox.http import ServerThread

@@ -8,11 +8,13 @@ import datetime as dt
 import gzip
 import io
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import pytest
+import requests
 
 from lienthong.connectors.soap import PopulationVerifier, Subject
 from lienthong.sandbox.http import ServerThread
@@ -98,8 +100,6 @@ def render(text: str, case: dict[str, Any], server: ServerThread, canary: Path) 
 
 
 def real_wsdl(server: ServerThread) -> str:
-    import requests
-
     return requests.get(f"{server.url}/population?wsdl", timeout=10).text
 
 
@@ -131,7 +131,7 @@ def test_a_hostile_answer_is_refused_and_the_rest_verified(
         hostile.case = None
     refused = results[1]
     assert refused.status == case.get("status", "unavailable"), refused
-    assert __import__("re").search(case["error"], refused.detail), refused.detail
+    assert re.search(case["error"], refused.detail), refused.detail
     if case["serve"] == "answer":  # the other citizens of the run are verified as ever
         assert [results[0].status, results[2].status] == ["match", "match"]
     else:  # no usable description: everyone waits for the next run, nobody passes unverified

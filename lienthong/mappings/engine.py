@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
+from lienthong.connectors.values import MAX_SAFE_INTEGER
 from lienthong.mappings.spec import FieldSpec, MappingSpec
 
 NATIONAL_TZ = ZoneInfo("Asia/Ho_Chi_Minh")  # dates on the national side: yyyyMMddHHmmss, UTC+7
@@ -66,16 +67,22 @@ def _name(value: Any) -> str:
 
 
 def _int(value: Any) -> int:
-    """Whole numbers only: ``int()`` alone would truncate 2.7, take True as 1 and overflow on inf."""
+    """Whole numbers only: ``int()`` alone would truncate 2.7, take True as 1 and overflow on inf;
+    and only those JSON carries exactly, or the record could not be hashed and signed."""
+    number = None
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)
-    if isinstance(value, decimal.Decimal) and value.is_finite() and value == value.to_integral_value():
-        return int(value)
-    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
-        return int(value.strip())
-    raise MappingError("not_an_integer", "is not an integer")
+        number = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, decimal.Decimal) and value.is_finite() and value == value.to_integral_value():
+        number = int(value)
+    elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        number = int(value.strip())
+    if number is None:
+        raise MappingError("not_an_integer", "is not an integer")
+    if abs(number) > MAX_SAFE_INTEGER:
+        raise MappingError("not_an_integer", f"is beyond ±{MAX_SAFE_INTEGER}, the integers JSON carries exactly")
+    return number
 
 
 def _parse(value: Any) -> dt.datetime:
