@@ -32,4 +32,5 @@ def test_check_frame_flags_each_rule_only_where_broken() -> None:
         "personal_id_province": [False, False, False, False, False, True],
         "personal_id_birth_year": [False, True, False, False, False, False],
         "personal_id_gender": [False, False, True, False, False, False],
+        "birth_date_invalid": [False] * 6,
     }

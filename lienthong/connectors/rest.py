@@ -9,6 +9,7 @@ A sink keeps one HTTP session and one portal session: use one per thread.
 
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -16,6 +17,7 @@ import orjson
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
+from lienthong.connectors.answers import MAX_ANSWER_BYTES, BadAnswer, json_body
 from lienthong.connectors.connection import PORTAL, base_url, get_connection
 from lienthong.logs import get_logger
 
@@ -63,9 +65,9 @@ def _acks(results: Any, batch: Sequence[dict[str, Any]]) -> list[Ack]:
     """One ack per record, checked to answer the batch record for record, in order."""
     if not isinstance(results, list) or len(results) != len(batch) or any(
             not isinstance(result, dict) or result.get("MaHoSo") != record.get("MaHoSo")
-            for result, record in zip(results, batch)):
+            or type(result.get("error_code")) is not int for result, record in zip(results, batch)):
         raise PortalError(-1, "the answer does not match the batch record for record")
-    return [Ack(r.get("MaHoSo"), r.get("PhienBan"), int(r.get("error_code", -1)), str(r.get("status", "")),
+    return [Ack(r.get("MaHoSo"), r.get("PhienBan"), r["error_code"], str(r.get("status", "")),
                 str(r.get("message", ""))) for r in results]
 
 
@@ -82,8 +84,10 @@ class PortalSink:
         max_attempts: int = 5,
         backoff_max: float = 30,
         backoff_initial: float = 0.5,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.max_answer_bytes = max_answer_bytes
         self.batch_size = batch_size
         self.timeout = timeout
         self.max_attempts = max_attempts
@@ -104,7 +108,7 @@ class PortalSink:
         conn = get_connection(conn_id)
         extra = conn.extra_dejson
         casts = {"batch_size": int, "timeout": float, "max_attempts": int, "backoff_max": float,
-                 "backoff_initial": float}
+                 "backoff_initial": float, "max_answer_bytes": int}
         tuning = {key: cast(extra[key]) for key, cast in casts.items() if key in extra}
         return cls(base_url(conn), conn.login, conn.password, **tuning)
 
@@ -175,18 +179,18 @@ class PortalSink:
 
     def _post_once(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            response = self._http.post(f"{self.base_url}{path}", data=orjson.dumps(body),
+            response = self._http.post(f"{self.base_url}{path}", data=orjson.dumps(body), stream=True,
                                        headers={"Content-Type": "application/json"}, timeout=self.timeout)
+            with closing(response):
+                if response.status_code == 429 or response.status_code >= 500:
+                    raise _Transient(f"HTTP {response.status_code}")
+                answer = json_body(response, self.max_answer_bytes, f"POST {path}")
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
             raise _Transient(type(exc).__name__) from exc
-        if response.status_code == 429 or response.status_code >= 500:
-            raise _Transient(f"HTTP {response.status_code}")
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
+        except BadAnswer as exc:
+            raise PortalError(-1, f"HTTP {response.status_code}: {exc}") from None
         if not isinstance(answer, dict):
-            raise PortalError(-1, f"HTTP {response.status_code} without a JSON answer")
+            raise PortalError(-1, f"HTTP {response.status_code} without a JSON object as the answer")
         return answer
 
     @staticmethod

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import base64
 import json
+from contextlib import closing
 from typing import Any, Iterator
 
 import requests
 from requests.auth import AuthBase, HTTPBasicAuth
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from lienthong.connectors.answers import MAX_ANSWER_BYTES, BadAnswer, json_body
 from lienthong.connectors.connection import base_url, get_connection
 from lienthong.connectors.soap import is_transient
 from lienthong.connectors.sources import Probe, cursor_of, flatten, offered
@@ -41,12 +43,13 @@ class RestSource:
     """A stream over one REST resource, through one keep-alive session."""
 
     def __init__(self, base: str, stream: Stream, auth: AuthBase | None = None, timeout: float = 30,
-                 max_attempts: int = 5) -> None:
+                 max_attempts: int = 5, max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
         if not stream.resource:
             raise ValueError(f"stream {stream.name!r} names no REST resource")
         self.url = f"{base.rstrip('/')}{stream.resource}"
         self.stream = stream
         self.timeout = timeout
+        self.max_answer_bytes = max_answer_bytes
         self._session = requests.Session()
         self._session.auth = auth
         self._session.headers["Accept"] = "application/json"
@@ -64,8 +67,8 @@ class RestSource:
             auth = _Bearer(conn.password)
         elif conn.login:
             auth = HTTPBasicAuth(conn.login, conn.password or "")
-        options = {name: kind(extra[name]) for name, kind in (("timeout", float), ("max_attempts", int))
-                   if name in extra}
+        options = {name: kind(extra[name]) for name, kind in (
+            ("timeout", float), ("max_attempts", int), ("max_answer_bytes", int)) if name in extra}
         return cls(base_url(conn), stream, auth, **options)
 
     def read(self, after: Cursor | None, batch_size: int | None = None
@@ -95,9 +98,11 @@ class RestSource:
         return self._retrying(self._get_once, params)
 
     def _get_once(self, params: dict[str, Any]) -> dict[str, Any]:
-        response = self._session.get(self.url, params=params, timeout=self.timeout)
-        response.raise_for_status()
-        answer = response.json()
+        """Raises :class:`BadAnswer` for an answer that is too large, not JSON or not a page."""
+        what = f"GET {self.stream.resource}"
+        with closing(self._session.get(self.url, params=params, timeout=self.timeout, stream=True)) as response:
+            response.raise_for_status()
+            answer = json_body(response, self.max_answer_bytes, what)
         if not isinstance(answer, dict) or not isinstance(answer.get("items", []), list):
-            raise ValueError(f"{self.stream.resource} did not answer a JSON object with an items list")
+            raise BadAnswer(f"{what}: the answer is not a JSON object with an items list")
         return answer

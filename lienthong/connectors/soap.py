@@ -14,17 +14,23 @@ import threading
 import unicodedata
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
+from urllib.parse import urlparse
 
 import requests
 import zeep
+from lxml import etree
 from requests.adapters import HTTPAdapter
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from zeep.exceptions import (DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden, Fault, TransportError,
+                             UnexpectedElementError, ValidationError, XMLParseError, XMLSyntaxError)
 from zeep.exceptions import Error as ZeepError
-from zeep.exceptions import Fault, TransportError
+from zeep.plugins import Plugin
 from zeep.transports import Transport
 
+from lienthong.connectors.answers import MAX_ANSWER_BYTES, BadAnswer, read_body
 from lienthong.connectors.connection import POPULATION, base_url, get_connection
 from lienthong.logs import get_logger
 
@@ -117,19 +123,103 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (requests.ConnectionError, requests.Timeout))
 
 
+# Answers refused for what they are, not for a failure of the service: said in words, because
+# the exceptions' own text carries parts of the answer (an entity's content, the document).
+_REFUSED = {
+    DTDForbidden: "answer refused: it declares a DTD",
+    EntitiesForbidden: "answer refused: it declares XML entities",
+    ExternalReferenceForbidden: "answer refused: it refers to an external document",
+    XMLSyntaxError: "answer refused: it is not well-formed XML",
+    XMLParseError: "answer refused: it does not follow the WSDL (elements or namespaces not in it)",
+    UnexpectedElementError: "answer refused: it does not follow the WSDL (elements or namespaces not in it)",
+    ValidationError: "answer refused: it does not follow the WSDL (a value of the wrong type)",
+}
+
+
 def _describe(exc: BaseException) -> str:
     """Enough to tell failures apart in a log, without the answer body (it may echo the request)."""
     if isinstance(exc, Fault):
         return f"SOAP fault {exc.code}"
+    if isinstance(exc, BadAnswer):
+        return str(exc)
+    refused = next((text for kind, text in _REFUSED.items() if isinstance(exc, kind)), None)
+    if refused is not None:
+        return refused
+    if isinstance(exc, TransportError) and exc.status_code < 400:
+        # zeep's "Server returned response (200) with invalid XML: <parser's reason>.\nContent: ..."
+        return "answer refused: " + str(exc.message).split("\nContent:", 1)[0]
     status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
     return f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "")
 
 
 class _QuietTransport(Transport):
-    """zeep's transport logs whole envelopes at DEBUG: names and birth dates included."""
+    """zeep's transport, made safe for answers from systems we do not control.
+
+    zeep logs whole envelopes at DEBUG (names and birth dates included): this one does not. It
+    reads no answer or document larger than ``max_answer_bytes``. And it loads documents (the
+    WSDL, the schemas it imports) over HTTP(S) only: zeep mounts a ``file://`` adapter and opens
+    plain paths, so a hostile WSDL importing ``file:///etc/passwd`` would have the hub read its
+    own files.
+    """
+
+    def __init__(self, *args: Any, max_answer_bytes: int = MAX_ANSWER_BYTES, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.session.adapters.pop("file://", None)
+        self.max_answer_bytes = max_answer_bytes
 
     def post(self, address: str, message: bytes | str, headers: dict[str, str]) -> requests.Response:
-        return self.session.post(address, data=message, headers=headers, timeout=self.operation_timeout)
+        response = self.session.post(address, data=message, headers=headers, timeout=self.operation_timeout,
+                                     stream=True)
+        with closing(response):
+            # zeep reads ``response.content``: fill it from the bounded read.
+            response._content = read_body(response, self.max_answer_bytes, f"POST {urlparse(address).path}")
+        return response
+
+    def load(self, url: str) -> bytes:
+        if urlparse(url).scheme not in ("http", "https"):
+            raise ExternalReferenceForbidden(url)
+        return super().load(url)
+
+    def _load_remote_data(self, url: str) -> bytes:
+        with closing(self.session.get(url, timeout=self.load_timeout, stream=True)) as response:
+            response.raise_for_status()
+            return read_body(response, self.max_answer_bytes, f"GET {urlparse(url).path}")
+
+
+class _ContractAnswers(Plugin):
+    """zeep reads an answer's body by position and local name, so it would take another
+    operation's answer, or elements in no namespace or a foreign one, for the one it expects.
+    An answer whose body is not the operation's output element, wholly in the WSDL's namespaces,
+    is refused here (a SOAP fault goes on to zeep's own handling)."""
+
+    def __init__(self) -> None:
+        self.namespaces: set[str] = set()
+
+    def ingress(self, envelope: etree._Element, http_headers: Any, operation: Any) -> tuple[etree._Element, Any]:
+        body = envelope.find("{*}Body")
+        answer = [child for child in (body if body is not None else ()) if isinstance(child.tag, str)]
+        if any(etree.QName(child).localname == "Fault" for child in answer):
+            return envelope, http_headers
+        expected = getattr(operation.output.body, "qname", None)
+        if expected is not None and [etree.QName(child).text for child in answer] != [expected.text]:
+            raise XMLParseError(f"the answer's body is not {expected.localname}")
+        names = {etree.QName(node).namespace for child in answer for node in child.iter() if isinstance(node.tag, str)}
+        if not names <= self.namespaces:
+            raise XMLParseError("the answer has elements outside the WSDL's namespaces")
+        return envelope, http_headers
+
+
+def safe_client(wsdl_url: str, session: requests.Session, timeout: float, max_answer_bytes: int) -> zeep.Client:
+    """A zeep client for a service we do not control: strict, with no DTD, entity or external
+    reference in any document or answer, over the bounded HTTP-only transport, and taking only
+    answers shaped as the WSDL says."""
+    transport = _QuietTransport(session=session, timeout=timeout, operation_timeout=timeout,
+                                max_answer_bytes=max_answer_bytes)
+    settings = zeep.Settings(strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    contract = _ContractAnswers()
+    client = zeep.Client(wsdl_url, transport=transport, settings=settings, plugins=[contract])
+    contract.namespaces = set(client.wsdl.types.namespaces)
+    return client
 
 
 class PopulationVerifier:
@@ -141,7 +231,7 @@ class PopulationVerifier:
 
     def __init__(self, wsdl_url: str, concurrency: int = 4, batch_size: int = 100, timeout: float = 10,
                  max_attempts: int = 5, backoff: float = 0.5, max_backoff: float = 8,
-                 cache_size: int = 200_000) -> None:
+                 cache_size: int = 200_000, max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
         if not 1 <= batch_size <= 100:
             raise ValueError("batch_size must be between 1 and 100, the service's limit")
         self.wsdl_url = wsdl_url
@@ -150,6 +240,7 @@ class PopulationVerifier:
         self.timeout = timeout
         self.max_attempts = max(1, max_attempts)
         self.backoff, self.max_backoff = backoff, max_backoff
+        self.max_answer_bytes = max_answer_bytes
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.concurrency)
         self._session.mount("http://", adapter)
@@ -162,11 +253,13 @@ class PopulationVerifier:
 
     @classmethod
     def from_connection(cls, conn_id: str = POPULATION) -> "PopulationVerifier":
-        """``extra`` may set path (default ``/population``), concurrency, batch_size, timeout, max_attempts."""
+        """``extra`` may set path (default ``/population``), concurrency, batch_size, timeout, max_attempts,
+        max_answer_bytes."""
         conn = get_connection(conn_id)
         extra = conn.extra_dejson
         options = {name: kind(extra[name]) for name, kind in (
-            ("concurrency", int), ("batch_size", int), ("timeout", float), ("max_attempts", int)) if name in extra}
+            ("concurrency", int), ("batch_size", int), ("timeout", float), ("max_attempts", int),
+            ("max_answer_bytes", int)) if name in extra}
         return cls(f"{base_url(conn)}{extra.get('path', '/population')}?wsdl", **options)
 
     def check(self) -> list[str]:
@@ -212,7 +305,7 @@ class PopulationVerifier:
             return {}
         try:
             client = self._service_client()
-        except (ZeepError, requests.RequestException) as exc:
+        except (ZeepError, requests.RequestException, BadAnswer) as exc:
             log.warning("population database unreachable, %d batches unavailable: %s", len(batches), _describe(exc))
             down = Verification("unavailable", detail=f"service description could not be loaded: {_describe(exc)}")
             return {q.key: down for batch in batches for q in batch}
@@ -228,7 +321,7 @@ class PopulationVerifier:
                     "NgaySinh": q.date_of_birth, "GioiTinh": q.gender} for i, q in enumerate(batch)]
         try:
             reply = self._retrying()(client.service.XacThucDanhSachCongDan, CongDan=request)
-        except (ZeepError, requests.RequestException) as exc:
+        except (ZeepError, requests.RequestException, BadAnswer) as exc:
             log.warning("batch of %d unavailable: %s", len(batch), _describe(exc))
             failed = Verification("unavailable", detail=f"population database did not answer: {_describe(exc)}")
             return {q.key: failed for q in batch}
@@ -253,9 +346,7 @@ class PopulationVerifier:
             return self._client
 
     def _load(self) -> zeep.Client:
-        transport = _QuietTransport(session=self._session, timeout=self.timeout, operation_timeout=self.timeout)
-        settings = zeep.Settings(strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True)
-        return zeep.Client(self.wsdl_url, transport=transport, settings=settings)
+        return safe_client(self.wsdl_url, self._session, self.timeout, self.max_answer_bytes)
 
     def _cached(self, key: str) -> Verification | None:
         with self._cache_lock:

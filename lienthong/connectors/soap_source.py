@@ -17,8 +17,9 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_rand
 from zeep.helpers import serialize_object
 from zeep.xsd import ComplexType
 
+from lienthong.connectors.answers import MAX_ANSWER_BYTES
 from lienthong.connectors.connection import base_url, get_connection
-from lienthong.connectors.soap import _QuietTransport, is_transient
+from lienthong.connectors.soap import is_transient, safe_client
 from lienthong.connectors.sources import Probe, cursor_of, flatten
 from lienthong.connectors.streams import Cursor, Stream
 
@@ -31,13 +32,14 @@ class SoapSource:
     """A stream over one SOAP operation; the WSDL is loaded on first use, with retries."""
 
     def __init__(self, wsdl_url: str, stream: Stream, elements: dict[str, str] | None = None,
-                 timeout: float = 30, max_attempts: int = 5) -> None:
+                 timeout: float = 30, max_attempts: int = 5, max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
         if not stream.operation:
             raise ValueError(f"stream {stream.name!r} names no SOAP operation")
         self.wsdl_url = wsdl_url
         self.stream = stream
         self.elements = {**ELEMENTS, **(elements or {})}
         self.timeout = timeout
+        self.max_answer_bytes = max_answer_bytes
         self._retrying = Retrying(stop=stop_after_attempt(max(1, max_attempts)),
                                   wait=wait_random_exponential(multiplier=0.5, max=8),
                                   retry=retry_if_exception(is_transient), reraise=True)
@@ -46,12 +48,13 @@ class SoapSource:
 
     @classmethod
     def from_connection(cls, stream: Stream, conn_id: str) -> "SoapSource":
-        """``extra``: path of the endpoint (``?wsdl`` is added), element names, timeout, max_attempts."""
+        """``extra``: path of the endpoint (``?wsdl`` is added), element names, timeout, max_attempts,
+        max_answer_bytes."""
         conn = get_connection(conn_id)
         extra = conn.extra_dejson
         elements = {key: str(extra[key]) for key in ELEMENTS if key in extra}
-        options = {name: kind(extra[name]) for name, kind in (("timeout", float), ("max_attempts", int))
-                   if name in extra}
+        options = {name: kind(extra[name]) for name, kind in (
+            ("timeout", float), ("max_attempts", int), ("max_answer_bytes", int)) if name in extra}
         return cls(f"{base_url(conn)}{extra.get('path', '/')}?wsdl", stream, elements, **options)
 
     def read(self, after: Cursor | None, batch_size: int | None = None
@@ -110,6 +113,4 @@ class SoapSource:
         return self._client
 
     def _load(self) -> zeep.Client:
-        transport = _QuietTransport(session=self._session, timeout=self.timeout, operation_timeout=self.timeout)
-        settings = zeep.Settings(strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True)
-        return zeep.Client(self.wsdl_url, transport=transport, settings=settings)
+        return safe_client(self.wsdl_url, self._session, self.timeout, self.max_answer_bytes)

@@ -73,7 +73,11 @@ def flatten(record: Mapping[str, Any], stream: Stream) -> dict[str, Any]:
             value = value.get(tail) if isinstance(value, Mapping) else None
         row[path] = json_safe(value)
     for name, child in stream.children.items():
-        row[name] = [{c: json_safe(item.get(c)) for c in child.columns} for item in record.get(name) or []]
+        items = record.get(name) or []
+        # Anything but a list of objects is handed on as it is, for the mapping to refuse in
+        # that record alone rather than stop the batch here.
+        row[name] = [{c: json_safe(item.get(c)) for c in child.columns} if isinstance(item, Mapping)
+                     else json_safe(item) for item in items] if isinstance(items, list) else json_safe(items)
     return row
 
 

@@ -28,6 +28,10 @@ Name = Annotated[str, AfterValidator(identifier)]
 
 _FIELD_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
 _RESOURCE = re.compile(r"^(/[A-Za-z0-9_.~-]+)+$")
+# Bounds on what a manifest may declare: far above any real system, far below a denial of service.
+MAX_RESOURCE = 200
+MAX_COLUMNS = 1000
+MAX_JOINS = 20
 
 
 def field_path(value: str) -> str:
@@ -39,7 +43,9 @@ def field_path(value: str) -> str:
 
 def resource_path(value: str) -> str:
     """A REST resource path: slash-separated plain segments, no query, no '..', no scheme."""
-    if not isinstance(value, str) or not _RESOURCE.fullmatch(value) or "/../" in f"{value}/" or "/./" in f"{value}/":
+    if not isinstance(value, str) or len(value) > MAX_RESOURCE:
+        raise ValueError(f"a resource path is at most {MAX_RESOURCE} characters")
+    if not _RESOURCE.fullmatch(value) or "/../" in f"{value}/" or "/./" in f"{value}/":
         raise ValueError(f"{value!r} is not a resource path such as /api/v1/dossiers")
     return value
 
@@ -56,7 +62,7 @@ class Join(BaseModel):
     alias: Name
     local_key: Name
     remote_key: Name
-    columns: list[Name]
+    columns: list[Name] = Field(max_length=MAX_COLUMNS)
 
 
 class Child(BaseModel):
@@ -70,7 +76,7 @@ class Child(BaseModel):
     table: Name | None = None
     foreign_key: Name | None = None
     order_by: Name = "id"
-    columns: list[Name]
+    columns: list[Name] = Field(max_length=MAX_COLUMNS)
 
 
 class Stream(BaseModel):
@@ -84,9 +90,9 @@ class Stream(BaseModel):
     resource: ResourcePath | None = None  # rest
     primary_key: Name
     cursor_field: Name
-    columns: list[FieldPath]
-    joins: list[Join] = Field(default_factory=list)
-    children: dict[Name, Child] = Field(default_factory=dict)
+    columns: list[FieldPath] = Field(max_length=MAX_COLUMNS)
+    joins: list[Join] = Field(default_factory=list, max_length=MAX_JOINS)
+    children: dict[Name, Child] = Field(default_factory=dict, max_length=MAX_JOINS)
     page_size: int = Field(500, ge=1, le=50_000)
 
     def fields(self) -> set[str]:

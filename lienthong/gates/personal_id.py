@@ -52,6 +52,8 @@ RULES = {
     "personal_id_province": ("MaDoiTuong", "personal ID starts with an unknown province code"),
     "personal_id_birth_year": ("MaDoiTuong", "personal ID does not match the applicant's birth year"),
     "personal_id_gender": ("MaDoiTuong", "personal ID does not match the applicant's gender"),
+    "birth_date_invalid": ("MaDoiTuong", "the applicant's date of birth is not a real past date "
+                                         "(YYYY-MM-DD, from 1900)"),
 }
 
 
@@ -59,11 +61,12 @@ def check_frame(personal_id: pd.Series, birth_date: pd.Series, gender: pd.Series
     """One boolean column per rule, True where the row breaks it; vectorised over a batch.
 
     ``birth_date`` holds ISO dates (``YYYY-MM-DD``). Rows with no ID are left to the not-null
-    checks of the suite: here they break nothing.
+    checks of the suite: here they break nothing. Digits are ASCII only: ``\\d`` would let a
+    full-width or Arabic-Indic digit through, and ``int()`` would read it as the same number.
     """
     ids = personal_id.fillna("").astype(str)
     present = ids != ""
-    well_formed = ids.str.fullmatch(r"\d{12}")
+    well_formed = ids.str.fullmatch(r"[0-9]{12}")
     out = pd.DataFrame(index=personal_id.index)
     out["personal_id_format"] = present & ~well_formed
     checkable = present & well_formed
@@ -80,4 +83,10 @@ def check_frame(personal_id: pd.Series, birth_date: pd.Series, gender: pd.Series
     has_gender = checkable & sex.isin(["M", "F"])
     female_digit = (digit % 2) == 1
     out["personal_id_gender"] = has_gender & (female_digit != (sex == "F"))
+
+    dates = birth_date.fillna("").astype(str)
+    iso = dates.str[:10].where(dates.str.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}([T ].*)?"))
+    born = pd.to_datetime(iso, format="%Y-%m-%d", errors="coerce")
+    today = pd.Timestamp.now().normalize()
+    out["birth_date_invalid"] = (dates != "") & (born.isna() | (born.dt.year < FIRST_CENTURY) | (born > today))
     return out

@@ -1,25 +1,38 @@
 """Applies a :class:`MappingSpec` to source rows, one record's errors never stopping the others.
 
 A spec is compiled once into plain functions per field, so mapping costs a few dict look-ups per
-field and record. A value that cannot be mapped (an unknown code, a malformed date) becomes an
-error naming the target field and the rule; the record goes on to the gate, which quarantines it
-with every reason it has.
+field and record. A value that cannot be mapped (an unknown code, a malformed date, a value of the wrong type,
+text that is not valid Unicode) becomes an error naming the target field and the rule; the record
+goes on to the gate, which quarantines it with every reason it has. Nothing a source sends may
+raise out of :meth:`MappingEngine.map`: one hostile row must never stop its batch.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import decimal
+import math
 import re
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
+from lienthong.connectors.values import MAX_SAFE_INTEGER
 from lienthong.mappings.spec import FieldSpec, MappingSpec
 
 NATIONAL_TZ = ZoneInfo("Asia/Ho_Chi_Minh")  # dates on the national side: yyyyMMddHHmmss, UTC+7
 _SPACES = re.compile(r"\s+")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# C0 and C1 controls (tab, CR and LF are layout, kept) and the bidirectional overrides that make
+# text read differently from what it holds (Trojan Source, CVE-2021-42574).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# A lone surrogate, or the replacement character that a decoder (or connectors.values) put where
+# the source sent something that was not Unicode: the text is damaged, whatever it was meant to say.
+_NOT_UNICODE = re.compile(r"[\ud800-\udfff\ufffd]")
+_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
+# National dates are 14-digit yyyyMMddHHmmss strings: a year outside these is a typo or garbage,
+# and near the ends of the calendar the conversion to Vietnam time would overflow.
+YEARS = (1900, 2199)
 
 
 class MappingError(ValueError):
@@ -35,7 +48,14 @@ class Mapped:
 
 
 def _text(value: Any) -> str:
-    text = unicodedata.normalize("NFC", str(value))
+    """Strings, and the integers and decimals that databases hand out for numeric codes."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, decimal.Decimal)):
+        raise MappingError("not_text", f"is a {type(value).__name__}, not text")
+    raw = str(value)
+    if _NOT_UNICODE.search(raw):
+        raise MappingError("invalid_unicode", "is not valid Unicode (the source sent bytes or a lone "
+                                              "surrogate that no character stands for)")
+    text = unicodedata.normalize("NFC", raw)
     if _CONTROL.search(text):
         raise MappingError("control_characters", "contains control characters")
     return text.strip()
@@ -47,17 +67,37 @@ def _name(value: Any) -> str:
 
 
 def _int(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise MappingError("not_an_integer", "is not an integer") from None
+    """Whole numbers only: ``int()`` alone would truncate 2.7, take True as 1 and overflow on inf;
+    and only those JSON carries exactly, or the record could not be hashed and signed."""
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, decimal.Decimal) and value.is_finite() and value == value.to_integral_value():
+        number = int(value)
+    elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        number = int(value.strip())
+    if number is None:
+        raise MappingError("not_an_integer", "is not an integer")
+    if abs(number) > MAX_SAFE_INTEGER:
+        raise MappingError("not_an_integer", f"is beyond ±{MAX_SAFE_INTEGER}, the integers JSON carries exactly")
+    return number
 
 
 def _parse(value: Any) -> dt.datetime:
-    try:
-        return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
-    except ValueError:
-        raise MappingError("bad_datetime", "is not a date and time") from None
+    if isinstance(value, dt.datetime):
+        moment = value
+    elif isinstance(value, (str, dt.date)) and not isinstance(value, bool):
+        try:
+            moment = dt.datetime.fromisoformat(str(value))
+        except ValueError:
+            raise MappingError("bad_datetime", "is not a date and time") from None
+    else:
+        raise MappingError("bad_datetime", f"is a {type(value).__name__}, not a date and time")
+    if not YEARS[0] <= moment.year <= YEARS[1]:
+        raise MappingError("date_out_of_range", f"year {moment.year} is outside {YEARS[0]} to {YEARS[1]}")
+    return moment
 
 
 class MappingEngine:
@@ -78,8 +118,17 @@ class MappingEngine:
             if value is not None:
                 out.payload[target] = value
         for target, (each, fns) in self._lists.items():
+            children = row.get(each) or []
+            if not isinstance(children, (list, tuple)):
+                out.errors.append({"field": target, "rule": "not_a_list",
+                                   "message": f"{target} is a {type(children).__name__}, not a list of records"})
+                children = []
             items = []
-            for n, child in enumerate(row.get(each) or []):
+            for n, child in enumerate(children):
+                if not isinstance(child, dict):
+                    out.errors.append({"field": f"{target}[{n}]", "rule": "not_a_record",
+                                       "message": f"{target}[{n}] is a {type(child).__name__}, not a record"})
+                    continue
                 item = {t: self._apply(fn, child, f"{target}[{n}].{t}", out.errors) for t, fn in fns.items()}
                 items.append({t: v for t, v in item.items() if v is not None})
             out.payload[target] = items

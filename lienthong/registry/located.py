@@ -18,6 +18,10 @@ from pydantic import BaseModel, ValidationError
 Loc = Sequence[str | int]
 M = TypeVar("M", bound=BaseModel)
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# A manifest or mapping is a page or two of hand-written YAML. Aliases let a few lines stand for
+# billions of values (the YAML "billion laughs"), so the expanded size is bounded too.
+MAX_FILE_BYTES = 1024 * 1024
+MAX_VALUES = 100_000
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,9 @@ class YamlDoc:
     @classmethod
     def read(cls, path: Path) -> "YamlDoc":
         try:
+            size = Path(path).stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise Invalid([Problem(str(path), 1, "", f"is {size} bytes, over the limit of {MAX_FILE_BYTES}")])
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise Invalid([Problem(str(path), 1, "", f"cannot be read: {exc}")]) from None
@@ -58,12 +65,20 @@ class YamlDoc:
 
     @classmethod
     def parse(cls, file: str, text: str) -> "YamlDoc":
+        size = len(text.encode("utf-8", errors="surrogatepass"))
+        if size > MAX_FILE_BYTES:
+            raise Invalid([Problem(file, 1, "", f"is {size} bytes, over the limit of {MAX_FILE_BYTES}")])
         try:
             root = yaml.compose(text, Loader=Loader)
+            _check_expansion(file, root)
             data = yaml.load(text, Loader=Loader)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             raise Invalid([Problem(file, mark.line + 1 if mark else 1, "", f"not valid YAML: {exc.problem}")]) from None
+        except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, a lone surrogate)
+            char = chr(exc.character) if isinstance(exc.character, int) else str(exc.character)
+            line = text.count("\n", 0, max(text.find(char), 0)) + 1  # its position may count bytes
+            raise Invalid([Problem(file, line, "", f"not valid YAML: character U+{ord(char):04X} is not allowed")]) from None
         except yaml.YAMLError as exc:
             raise Invalid([Problem(file, 1, "", f"not valid YAML: {exc}")]) from None
         return cls(file, text, data, root)
@@ -110,6 +125,47 @@ class YamlDoc:
         except ValidationError as exc:
             return None, problems + [self.problem(_loc(e["loc"]), _message(e, patterns or {}))
                                      for e in exc.errors()]
+
+
+def _check_expansion(file: str, root: yaml.Node | None) -> None:
+    """Refuses a node graph that refers to itself or expands to more than MAX_VALUES values.
+
+    An alias is the anchored node itself in the composed graph, so sizes are counted once per
+    node (memoised) and an alias to a node still being counted is a cycle.
+    """
+    if root is None:
+        return
+    sizes: dict[int, int] = {}
+    counting: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            counting.discard(id(node))
+            sizes[id(node)] = min(1 + sum(sizes[id(c)] for _, c in _parts(node)), MAX_VALUES + 1)
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in counting:
+            raise Invalid([Problem(file, node.start_mark.line + 1, "",
+                                   "a YAML alias refers to the node that contains it")])
+        counting.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for _, c in _parts(node) if id(c) not in sizes)
+    if sizes[id(root)] > MAX_VALUES:
+        node, path = root, []
+        while big := next(((part, c) for part, c in _parts(node) if sizes[id(c)] > MAX_VALUES), None):
+            path.append(big[0])
+            node = big[1]
+        raise Invalid([Problem(file, node.start_mark.line + 1, ".".join(path),
+                               f"expands to more than {MAX_VALUES} values through YAML aliases")])
+
+
+def _parts(node: yaml.Node) -> list[tuple[str, yaml.Node]]:
+    """(name, node) of what a node holds: a mapping's keys and values, a sequence's items."""
+    if isinstance(node, yaml.MappingNode):
+        return [p for key, value in node.value for p in ((f"{key.value} (key)", key), (str(key.value), value))]
+    return [(str(n), c) for n, c in enumerate(node.value)] if isinstance(node, yaml.SequenceNode) else []
 
 
 def _child(node: yaml.Node, part: str | int) -> tuple[int, yaml.Node] | None:

@@ -56,8 +56,8 @@ def cron(value: str) -> str:
     return value
 
 
-Cron = Annotated[str, Field(description="cron expression, e.g. '*/15 * * * *', or @hourly/@daily"),
-                 AfterValidator(cron)]
+Cron = Annotated[str, Field(description="cron expression, e.g. '*/15 * * * *', or @hourly/@daily",
+                            max_length=100), AfterValidator(cron)]
 StreamName = Annotated[str, Field(pattern=SLUG, max_length=40)]
 
 
@@ -81,7 +81,7 @@ class ManifestStream(Stream):
 
     name: StreamName
     target: Literal["dossier_sync", "status_sync"]
-    mapping: str = Field(pattern=MAPPING_FILE, description="mapping spec file, next to the manifest "
+    mapping: str = Field(pattern=MAPPING_FILE, max_length=200, description="mapping spec file, next to the manifest "
                                                            "or one of the project's (lienthong/mappings)")
     schedule: Cron | None = Field(None, description="overrides the manifest's schedule for this stream")
 
@@ -97,7 +97,7 @@ class Manifest(BaseModel):
                              description="name of the key in the keys folder that signs for this connector")
     schedule: Cron
     retries: int = Field(2, ge=0, le=10)
-    streams: list[ManifestStream] = Field(min_length=1)
+    streams: list[ManifestStream] = Field(min_length=1, max_length=50)
 
     def route_name(self, stream: ManifestStream) -> str:
         return f"{self.agency.slug}__{stream.name}"
