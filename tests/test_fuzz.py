@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import os
 import string
 from typing import Any
 
@@ -25,7 +26,11 @@ ENGINE = MappingEngine(load(MAPPINGS_DIR / "dossier.yaml"))
 COLUMNS = sorted({f.source for f in ENGINE.spec.fields.values() if f.source})
 DOC_COLUMNS = sorted({f.source for lst in ENGINE.spec.lists.values() for f in lst.fields.values() if f.source})
 EXAMPLE = (PROJECT_ROOT / "lienthong" / "registry" / "examples" / "so-tu-phap.yaml").read_text(encoding="utf-8")
-FAST = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+# The test command's run is repeatable (derandomize: the same examples every time, so CI never fails
+# on luck); LIENTHONG_FUZZ_EXAMPLES=5000 searches afresh, and what it finds becomes a corpus case.
+FAST = settings(max_examples=int(os.environ.get("LIENTHONG_FUZZ_EXAMPLES") or 150),
+                derandomize="LIENTHONG_FUZZ_EXAMPLES" not in os.environ, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow])
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(), st.binary(max_size=8),
                     st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), max_size=3),

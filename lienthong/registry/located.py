@@ -8,6 +8,8 @@ The YAML is composed into a node tree once (nodes carry their marks) and each pr
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence, TypeVar
@@ -43,6 +45,10 @@ class Invalid(ValueError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+# Line breaks besides \n (and \r\n): a lone CR, NEL, LINE and PARAGRAPH SEPARATOR.
+_ODD_LINE_BREAK = re.compile("\r(?!\n)|[\x85\u2028\u2029]")
+
+
 @dataclass(frozen=True)
 class YamlDoc:
     """A YAML file's text, its data and its node tree (for line numbers)."""
@@ -68,6 +74,10 @@ class YamlDoc:
         size = len(text.encode("utf-8", errors="surrogatepass"))
         if size > MAX_FILE_BYTES:
             raise Invalid([Problem(file, 1, "", f"is {size} bytes, over the limit of {MAX_FILE_BYTES}")])
+        odd_break = _ODD_LINE_BREAK.search(text)
+        if odd_break:  # YAML counts these as line breaks, editors do not: every line number after would be wrong
+            raise Invalid([Problem(file, text.count("\n", 0, odd_break.start()) + 1, "",
+                                   f"character U+{ord(odd_break.group()[0]):04X} is not allowed: end lines with \\n")])
         try:
             root = yaml.compose(text, Loader=Loader)
             _check_expansion(file, root)
