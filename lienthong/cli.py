@@ -131,7 +131,8 @@ def sandbox_up(
                 services.seed_system(s, system, records)
         for name in SERVICES:
             console.print(f"{name:>12}: {sandbox.url(name)}")
-        console.print("fault switches: PUT {\"latency_ms\": .., \"error_rate\": ..} to <service>/_sandbox/faults")
+        console.print("fault switches: PUT {\"latency_ms\": .., \"error_rate\": .., \"lose_reply_rate\": .., \"cut_rate\": ..} "
+                      "to <service>/_sandbox/faults (GET shows them and what struck)")
         console.print("Airflow connections for this sandbox:")
         for conn_id, conn in conns.items():
             typer.echo(f"export AIRFLOW_CONN_{conn_id.upper()}='{json.dumps(conn)}'")

@@ -1,4 +1,5 @@
-"""Helpers for the end-to-end tests: a private sandbox world and a scan of logs for personal data."""
+"""Helpers for the end-to-end tests: a private sandbox world, the accounting every bad-day test
+ends with, and a scan of logs for personal data."""
 
 from __future__ import annotations
 
@@ -6,14 +7,17 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pyodbc
 import pytest
 
+from lienthong.audit.ledger import ACKNOWLEDGED, PENDING, QUARANTINED, RUNNING, Ledger
+from lienthong.audit.verify import verify_runs
 from lienthong.demo import EXAMPLES_DIR
 from lienthong.registry.store import Registry
-from lienthong.sandbox import services
+from lienthong.sandbox import dossier_db, services
+from lienthong.sandbox.portal import sandbox_stats
 from lienthong.sandbox.services import Sandbox
 from lienthong.settings import Settings, settings
 from lienthong.signing.keys import init_keys
@@ -52,6 +56,34 @@ def approve_examples(s: Settings, *names: str) -> None:
     registry = Registry(s.state_db_url)
     for name in names:
         registry.approve(registry.register(EXAMPLES_DIR / name, "e2e-test")[0], "e2e-test")
+
+
+def account_for_every_dossier(w: World, route: str, run_ids: Iterable[str], dossier_conn_str: str | None = None) -> dict[str, int]:
+    """The end of every bad day, from the sandbox's own records and the ledger: each good dossier
+    acknowledged and stored by the portal exactly once, each bad one quarantined, none pending,
+    no run left open, and the ledger verifying. Returns the figures for the test's message."""
+    run_ids = list(run_ids)
+    ledger = Ledger(w.settings.state_db_url)
+    assert not ledger.open_runs(route), "a run was left open"
+    assert all(ledger.run(run_id)["status"] != RUNNING for run_id in run_ids)
+    with pyodbc.connect(dossier_conn_str or w.conn_str) as conn:
+        answer_key = dossier_db.truth(conn)
+    good = {code for code, defect in answer_key.items() if defect is None}
+    settled: dict[str, str] = {}
+    for run_id in run_ids:
+        for outcome in ledger.outcomes(run_id):
+            if outcome["outcome"] != PENDING:
+                settled[outcome["record_key"]] = outcome["outcome"]
+    assert {code for code, kind in settled.items() if kind == ACKNOWLEDGED} == good
+    assert {code for code, kind in settled.items() if kind == QUARANTINED} == set(answer_key) - good
+    last = ledger.run(run_ids[-1])
+    assert last["counts"]["pending"] == 0, last["counts"]
+    stats = sandbox_stats(w.sandbox.url("portal"))
+    assert stats["dossiers"] == stats["versions"] == len(good), json.dumps(stats)  # stored once each
+    audit = verify_runs(ledger, keys_dir=w.settings.keys_dir)
+    assert audit.problems == [] and audit.runs_checked == len(run_ids)
+    return {"dossiers": len(answer_key), "good": len(good), "runs": len(run_ids), "portal_received": stats["received"],
+            "portal_duplicates": stats["duplicates"]}
 
 
 def personal_data(conn_str: str) -> set[str]:

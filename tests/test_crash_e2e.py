@@ -8,24 +8,19 @@ the next run, which first settles the abandoned one from its staging (``settle_a
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable
 
 import psutil
-import pyodbc
 import pytest
 import requests
 
 from lienthong import airflow_env
-from lienthong.audit.ledger import ACKNOWLEDGED, QUARANTINED, RUNNING, Ledger
-from lienthong.audit.verify import verify_runs
 from lienthong.demo import run_routes
-from lienthong.sandbox import dossier_db
 from lienthong.sandbox.portal import sandbox_stats
 from lienthong.staging import STAGES, RunStaging
-from tests.e2e import World, world
+from tests.e2e import World, account_for_every_dossier, world
 
 pytestmark = pytest.mark.slow
 ROUTE = "stp_h40__dossiers"
@@ -83,21 +78,4 @@ def test_killed_workers_lose_nothing_and_double_nothing(tmp_path: Path, monkeypa
         final = run_routes(w.settings, [ROUTE])[0]
         assert final["status"] == "success" and final["counts"]["pending"] == 0
 
-        ledger = Ledger(w.settings.state_db_url)
-        assert not ledger.open_runs(ROUTE), "a killed run was left open"
-        assert all(ledger.run(run_id)["status"] != RUNNING for run_id in killed)
-        with pyodbc.connect(w.conn_str) as conn:
-            answer_key = dossier_db.truth(conn)
-        good = {code for code, defect in answer_key.items() if defect is None}
-        settled = {}
-        for run_id in [*killed, final["run_id"]]:
-            for outcome in ledger.outcomes(run_id):
-                if outcome["outcome"] != "pending":
-                    settled[outcome["record_key"]] = outcome["outcome"]
-        assert {code for code, kind in settled.items() if kind == ACKNOWLEDGED} == good
-        assert {code for code, kind in settled.items() if kind == QUARANTINED} == set(answer_key) - good
-
-        stats = sandbox_stats(portal)
-        assert stats["dossiers"] == stats["versions"] == len(good), json.dumps(stats)
-        audit = verify_runs(ledger, keys_dir=w.settings.keys_dir)
-        assert audit.problems == [] and audit.runs_checked == len(killed) + 1
+        account_for_every_dossier(w, ROUTE, [*killed, final["run_id"]])

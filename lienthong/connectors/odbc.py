@@ -6,6 +6,8 @@ are read in cursor order with ``fetchmany`` so that memory stays bounded whateve
 
 from __future__ import annotations
 
+import random
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -19,8 +21,38 @@ from lienthong.logs import get_logger
 
 log = get_logger(__name__)
 
+# A dropped connection is opened again this many times in a row, with backoff and jitter.
+RECONNECT_ATTEMPTS = 5
+RECONNECT_BACKOFF_S = 0.1
+RECONNECT_BACKOFF_MAX_S = 5.0
+# SQLSTATEs of a connection the server ended: class 08 (connection exception) and PostgreSQL's
+# 57P01-57P03 (terminated by the administrator, crash shutdown, cannot connect now).
+_CONNECTION_LOST = ("08", "57P01", "57P02", "57P03")
+
 # SQLite accepts 32766 parameters per statement and SQL Server 2100: stay well below both.
 _MAX_IN_PARAMETERS = 500
+
+
+class ConnectionLost(Exception):
+    """The server ended the connection mid-read; the error it gave is the cause."""
+
+
+def connection_lost(exc: pyodbc.Error) -> bool:
+    """Whether ``exc`` says the connection is gone (worth reconnecting), not that the SQL is wrong."""
+    state = str(exc.args[0]) if exc.args else ""
+    return state.startswith(_CONNECTION_LOST) or "connection has been lost" in str(exc).lower()
+
+
+def _alive(conn: pyodbc.Connection) -> bool:
+    """Drivers do not all say "connection lost" in a standard way (psqlODBC may report a failed
+    internal savepoint), so a failed statement is followed by a trivial one: if that fails too,
+    the connection is gone."""
+    try:
+        conn.rollback()
+        conn.cursor().execute("SELECT 1").fetchall()
+        return True
+    except pyodbc.Error:
+        return False
 
 
 def connection_string(conn: Any) -> str:
@@ -98,26 +130,54 @@ class OdbcSource:
     def read(
         self, after: Cursor | None, batch_size: int | None = None
     ) -> Iterator[list[tuple[Cursor, dict[str, Any]]]]:
-        """Batches of (cursor, row) after ``after`` in (cursor, key) order, children attached."""
+        """Batches of (cursor, row) after ``after`` in (cursor, key) order, children attached.
+
+        A connection the server drops (a restart, a failover, an idle-killer) is opened again and
+        the read goes on after the last batch handed out: the keyset order makes that exact, so
+        nothing is skipped or read twice. Only repeated drops with no batch in between give up.
+        """
         size = batch_size or self.stream.page_size
+        failures = 0
+        while True:
+            try:
+                for batch in self._read_once(after, size):
+                    failures = 0
+                    yield batch
+                    after = batch[-1][0]
+                return
+            except ConnectionLost as exc:
+                failures += 1
+                if failures > RECONNECT_ATTEMPTS:
+                    raise exc.__cause__ from None
+                pause = min(RECONNECT_BACKOFF_MAX_S, RECONNECT_BACKOFF_S * 2 ** failures) * random.uniform(0.5, 1)
+                log.warning("dossier database dropped the connection (%s); reconnecting in %.1f s, attempt %d of %d",
+                            exc, pause, failures, RECONNECT_ATTEMPTS)
+                time.sleep(pause)
+
+    def _read_once(self, after: Cursor | None, size: int) -> Iterator[list[tuple[Cursor, dict[str, Any]]]]:
         params: list[Any] = []
         if after is not None:
             params = [after.parameter(), after.parameter(), after.key]
         with self.connect() as conn:
-            cur = conn.cursor()
-            cur.execute(self.select_sql(after), params)
-            names = [self._column_name(d[0]) for d in cur.description]
-            while rows := cur.fetchmany(size):
-                # The key and cursor lead every SELECT list (see select_sql).
-                batch = [
-                    (
-                        Cursor.of(row[1], row[0]),
-                        {name: json_safe(value) for name, value in zip(names, row)},
-                    )
-                    for row in rows
-                ]
-                self._attach_children(conn, [row for _, row in batch])
-                yield batch
+            try:
+                cur = conn.cursor()
+                cur.execute(self.select_sql(after), params)
+                names = [self._column_name(d[0]) for d in cur.description]
+                while rows := cur.fetchmany(size):
+                    # The key and cursor lead every SELECT list (see select_sql).
+                    batch = [
+                        (
+                            Cursor.of(row[1], row[0]),
+                            {name: json_safe(value) for name, value in zip(names, row)},
+                        )
+                        for row in rows
+                    ]
+                    self._attach_children(conn, [row for _, row in batch])
+                    yield batch
+            except pyodbc.Error as exc:
+                if connection_lost(exc) or not _alive(conn):
+                    raise ConnectionLost(str(exc.args[0]) if exc.args else type(exc).__name__) from exc
+                raise
 
     def columns(self) -> dict[str, list[str]]:
         """The columns each table of the stream really has (the hook's test_connection)."""

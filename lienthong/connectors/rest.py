@@ -27,6 +27,7 @@ log = get_logger(__name__)
 _OK = 0
 _DUPLICATE = 1
 _SESSION_INVALID = 2
+_SESSION_RENEWALS = 3
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,8 @@ class PortalSink:
         log.info("logged in to the portal at %s", self.base_url)
 
     def _call(self, service: str, data: list[Any], **fields: Any) -> dict[str, Any]:
-        """One service call; an expired session is renewed once and the call resent."""
+        """One service call; an expired session is renewed and the call resent, a few times at most
+        (a portal that ends every session at once is down, not expiring tokens)."""
         def send() -> dict[str, Any]:
             return self._post("/api/service", {"session": self._session, "service": service, **fields,
                                                "data": data})
@@ -163,7 +165,9 @@ class PortalSink:
         if self._session is None:
             self._login()
         answer = send()
-        if answer.get("error_code") == _SESSION_INVALID:
+        for _ in range(_SESSION_RENEWALS):
+            if answer.get("error_code") != _SESSION_INVALID:
+                break
             log.info("portal session expired; logging in again")
             self._login()
             answer = send()

@@ -146,6 +146,11 @@ class PortalStore:
             conn.execute("INSERT INTO sessions VALUES (?, ?, ?)", (token, username, now + ttl_s))
         return token
 
+    def expire_sessions(self) -> None:
+        """Every session ends now (a fault: the token expires mid-run, the portal restarts)."""
+        with self._connect(write=True) as conn:
+            conn.execute("DELETE FROM sessions")
+
     def session_valid(self, token: Any) -> bool:
         if not isinstance(token, str):
             return False
@@ -331,7 +336,7 @@ def create_app(
 ) -> FaultSwitch:
     """The portal behind its fault switch, ready for :class:`~lienthong.sandbox.http.ServerThread`."""
     app = PortalApp(PortalStore(db_path), trust, users, session_ttl_s, max_batch)
-    return FaultSwitch(app, faults)
+    return FaultSwitch(app, faults, expire_sessions=app.store.expire_sessions)
 
 
 def sandbox_stats(base_url: str) -> dict[str, int]:
