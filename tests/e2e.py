@@ -4,6 +4,7 @@ ends with, and a scan of logs for personal data."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from lienthong.audit.ledger import ACKNOWLEDGED, PENDING, QUARANTINED, RUNNING, 
 from lienthong.audit.verify import verify_runs
 from lienthong.demo import EXAMPLES_DIR
 from lienthong.registry.store import Registry
-from lienthong.sandbox import dossier_db, services
+from lienthong.sandbox import dossier_db, dossier_system, services
 from lienthong.sandbox.portal import sandbox_stats
 from lienthong.sandbox.services import Sandbox
 from lienthong.settings import Settings, settings
@@ -84,6 +85,18 @@ def account_for_every_dossier(w: World, route: str, run_ids: Iterable[str], doss
     assert audit.problems == [] and audit.runs_checked == len(run_ids)
     return {"dossiers": len(answer_key), "good": len(good), "runs": len(run_ids), "portal_received": stats["received"],
             "portal_duplicates": stats["duplicates"]}
+
+
+def secrets_of(s: Settings, dossier_conn_str: str) -> set[str]:
+    """What must never reach a log: every personal ID and name, the passwords the platform holds
+    for the portal and the dossier systems, and the portal session tokens it was given."""
+    found = personal_data(dossier_conn_str) | {services.portal_password(s),
+                                                dossier_system.credentials(s.sandbox_dir, dossier_system.COMMUNE)[1]}
+    portal_db = s.sandbox_dir / "portal.db"
+    if portal_db.exists():
+        with sqlite3.connect(portal_db) as conn:
+            found |= {token for (token,) in conn.execute("SELECT token FROM sessions")}
+    return found
 
 
 def personal_data(conn_str: str) -> set[str]:

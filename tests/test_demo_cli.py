@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from lienthong.settings import Settings
 from tests.conftest import sqlite_connection_string
-from tests.e2e import leaks, personal_data
+from tests.e2e import leaks, secrets_of
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +65,7 @@ def test_demo_json_accounts_for_every_record_and_a_second_demo_moves_nothing(tmp
     assert checked.returncode == 0 and "ok: time stamp" in checked.stdout and checked.stdout.strip().endswith("VERIFIED"), \
         checked.stdout
 
-    secrets = personal_data(sqlite_connection_string(home / "sandbox" / "dossiers.db"))
+    secrets = secrets_of(Settings(home=home, state_db_url=f"sqlite:///{home / 'state.db'}"),
+                         sqlite_connection_string(home / "sandbox" / "dossiers.db"))
     assert leaks(home, secrets) == []
     assert not any(s in first.stdout + second.stdout + second.stderr for s in secrets)

@@ -18,7 +18,7 @@ from lienthong.sandbox import dossier_db, seed, services
 from lienthong.sandbox.portal import sandbox_stats
 from lienthong.signing.records import unseal
 from lienthong.signing.keys import load_signer, load_trust_store
-from tests.e2e import leaks, personal_data, world
+from tests.e2e import leaks, secrets_of, world
 
 pytestmark = pytest.mark.slow
 ROUTE = "stp_h40__dossiers"
@@ -83,7 +83,7 @@ def test_every_record_ends_acknowledged_or_quarantined_and_reruns_send_nothing(t
         audit = verify_runs(ledger, keys_dir=w.settings.keys_dir)
         assert (audit.problems, audit.runs_checked) == ([], 3)
 
-        assert leaks(w.settings.home, personal_data(w.conn_str)) == []
+        assert leaks(w.settings.home, secrets_of(w.settings, w.conn_str)) == []
 
 
 def test_a_portal_outage_leaves_records_pending_and_the_next_run_delivers_them(tmp_path: Path) -> None:
