@@ -137,6 +137,30 @@ def test_a_manifest_signed_by_another_certificate_of_the_ca_is_refused(state_db_
     assert "not by the platform key" in found[0].message
 
 
+def test_a_stamped_manifest_outlives_the_platform_certificate_that_signed_it(state_db_url: str, keys: Path) -> None:
+    """Judged at its time stamp (the time rule in signing/trust.py); unstamped, it is judged now."""
+    import datetime as dt
+    import time
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from lienthong.signing.cms import sign_detached
+    from lienthong.signing.keys import PLATFORM_SUBJECT, certify
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    short_lived = certify(keys, PLATFORM_SUBJECT, key.public_key(), valid_from=now - dt.timedelta(minutes=1),
+                          valid_for=dt.timedelta(minutes=1, seconds=3))
+    ledger = Ledger(state_db_url)
+    settle(ledger, "run-1", keys, [outcome("H40-1", ACKNOWLEDGED)],
+           seal=lambda data: Seal(sig := sign_detached(data, key, [short_lived]), stamp_or_none(sig)))
+    time.sleep(max(0.0, (short_lived.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)).total_seconds()) + 1.5)
+
+    assert problems(ledger, keys) == set()
+    sql(ledger, "UPDATE run_manifests SET timestamp = NULL WHERE run_id = 'run-1'")
+    assert problems(ledger, keys) == {("run-1", None, v.UNSTAMPED), ("run-1", None, v.BAD_SIGNATURE)}
+
+
 def test_changed_counts_and_cursor_are_caught(ledger: Ledger, keys: Path) -> None:
     sql(ledger, """UPDATE runs SET counts = '{"pulled": 9}', cursor_after = NULL WHERE run_id = 'run-2'""")
     assert problems(ledger, keys) == {("run-2", None, v.RUN_MISMATCH)}

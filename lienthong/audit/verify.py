@@ -12,6 +12,7 @@ anchors for that.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,23 +184,26 @@ class _SealChecker:
         if not m["signature"]:
             problem(UNSIGNED, "the manifest has no signature")
             return
+        # A stamped signature is judged when the TSA saw it, so it outlives the platform certificate.
+        stamped_at = self._check_stamp(m, problem)
         try:
-            signer = verify_detached(bytes(m["signature"]), m["manifest"].encode("utf-8"), self.ca_file)
+            signer = verify_detached(bytes(m["signature"]), m["manifest"].encode("utf-8"), self.ca_file, at=stamped_at)
         except CmsError as exc:
             problem(BAD_SIGNATURE, f"the manifest signature does not verify: {exc}")
             return
         if signer.subject != PLATFORM_SUBJECT:
             problem(BAD_SIGNATURE, f"signed by {signer.subject.rfc4514_string()}, not by the platform key")
-        self._check_stamp(m, problem)
 
-    def _check_stamp(self, m: dict[str, Any], problem: Any) -> None:
+    def _check_stamp(self, m: dict[str, Any], problem: Any) -> dt.datetime | None:
+        """When the TSA saw the signature, if a valid time stamp says so."""
         if not m["timestamp"]:
             problem(UNSTAMPED, "the manifest has no time stamp (the TSA did not answer when it was sealed)")
-            return
+            return None
         try:
-            timestamp.verify(bytes(m["timestamp"]), bytes(m["signature"]), self.tsa_ca)
+            return timestamp.verify(bytes(m["timestamp"]), bytes(m["signature"]), self.tsa_ca)
         except Exception as exc:  # a token that cannot even be parsed proves nothing either
             problem(BAD_TIMESTAMP, f"the time stamp does not verify: {exc}")
+            return None
 
 
 def _doc(m: dict[str, Any]) -> dict[str, Any] | None:

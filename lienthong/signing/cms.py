@@ -9,6 +9,7 @@ the project; calling openssl makes our verdict and the auditor's the same by con
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import tempfile
 from pathlib import Path
@@ -32,16 +33,22 @@ def sign_detached(data: bytes, key: PKCS7PrivateKeyTypes, chain: Sequence[x509.C
     return builder.sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary])
 
 
-def verify_detached(signature: bytes, data: bytes, ca_file: Path) -> x509.Certificate:
+def verify_detached(signature: bytes, data: bytes, ca_file: Path, at: dt.datetime | None = None) -> x509.Certificate:
     """The signer's certificate when ``signature`` is a valid signature over ``data`` by a
-    certificate that chains to ``ca_file``; raises :class:`CmsError` otherwise."""
+    certificate that chains to ``ca_file``; raises :class:`CmsError` otherwise.
+
+    ``at`` is when the chain is judged (openssl's ``-attime``): the proven signing time, a time
+    stamp's, so that a manifest signed while the platform certificate was valid stays valid after
+    it expires (the time rule in lienthong.signing.trust). None judges it now.
+    """
     with tempfile.TemporaryDirectory(prefix="lienthong-cms-") as tmp:
         sig, content, signer = Path(tmp, "sig.p7s"), Path(tmp, "content"), Path(tmp, "signer.pem")
         sig.write_bytes(signature)
         content.write_bytes(data)
         done = subprocess.run(
             ["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", str(sig), "-content", str(content),
-             "-CAfile", str(ca_file), "-purpose", "any", "-signer", str(signer), "-out", "/dev/null"],
+             "-CAfile", str(ca_file), "-purpose", "any", "-signer", str(signer), "-out", "/dev/null",
+             *(["-attime", str(int(at.timestamp()))] if at is not None else [])],
             capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise CmsError(_reason(done.stderr))
