@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # (scripts/ensure-postgres.sh makes a database for each worker).
 PYTEST := $(PY) -m pytest -n 2
 
-.PHONY: demo test test-quick setup system lock clean-data
+.PHONY: demo test test-quick bench setup system lock clean-data
 
 demo: setup
 	$(VENV)/bin/lienthong demo
@@ -24,6 +24,11 @@ test-quick: setup
 	scripts/ensure-postgres.sh
 	@scripts/setup-browser.sh
 	$(PYTEST) -m "not slow"
+
+# The route end to end on N dossiers (make bench N=1000000), against the naive way and the floor.
+N ?= 100000
+bench: setup
+	$(VENV)/bin/lienthong bench --records $(N)
 
 setup: system $(STAMP)
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
-from typing import Any
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
 
 import typer
 from cryptography.x509 import ReasonFlags
@@ -102,6 +106,44 @@ def run(route: str = typer.Argument(..., help="the route (DAG id, <agency>__<str
                           ensure_ascii=False, default=str))
     if result["status"] != "success":
         raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    records: int = typer.Option(100_000, "--records", "-n", min=1, help="dossiers to seed and run through the route"),
+    sample: int = typer.Option(None, min=1, help="dossiers for the naive way (default: min(records, 200))"),
+    home: Path = typer.Option(None, help="data folder to use and keep (default: a fresh one, removed after)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of the tables"),
+) -> None:
+    """Time the dossier route end to end in a private sandbox, against the naive way and the floor."""
+    from lienthong.bench.report import show
+    from lienthong.bench.run import bench as run_bench
+
+    notes = (lambda _: None) if as_json else (lambda text: console.print(f"[cyan]•[/] {text}"))
+    with _stdout_to_stderr(as_json):
+        result = run_bench(records, sample, home, on_note=notes)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        show(result, console)
+
+
+@contextmanager
+def _stdout_to_stderr(active: bool) -> Iterator[None]:
+    """Airflow's logger writes warnings to file descriptor 1 when it is not a terminal; with
+    ``--json`` the JSON must be all there is on stdout, so the descriptor itself is redirected."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 @sandbox_app.command("up")

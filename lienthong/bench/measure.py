@@ -1,0 +1,112 @@
+"""The three measurements: the route as it runs, the naive way on a sample, and the floor.
+
+Each returns seconds and a record count; :func:`lienthong.bench.run.bench` puts them together.
+The naive way and the floor use the very libraries and connectors the route uses, so a ratio
+says what the route's batching and concurrency buy, not what a faster library would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from lienthong.routes import stages
+
+# The route's stages in the order a DAG runs them, under the names the figures use.
+STAGES: tuple[tuple[str, Callable[[str, str], dict[str, Any]]], ...] = (
+    ("pull", stages.extract), ("verify", stages.verify), ("map", stages.map_records),
+    ("gate", stages.gate_records), ("sign", stages.sign), ("push", stages.push), ("record", stages.record),
+)
+
+
+@dataclass
+class Timing:
+    records: int
+    seconds: float
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def per_s(self) -> float:
+        return self.records / self.seconds if self.seconds else 0.0
+
+
+def full_run(route_name: str) -> Timing:
+    """One run of the route, stage after stage as its DAG would, timing each; it must settle
+    every record (a run with pending records would measure less work than it claims)."""
+    run_id = stages.run_id_for(route_name, f"bench-{time.time_ns()}")
+    timings: dict[str, float] = {}
+    results: dict[str, dict[str, Any]] = {}
+    for name, stage in STAGES:
+        start = time.perf_counter()
+        results[name] = stage(route_name, run_id)
+        timings[name] = time.perf_counter() - start
+    return Timing(results["record"]["pulled"], sum(timings.values()), timings)
+
+
+def floor(route_name: str) -> Timing:
+    """The least any run must do: read the rows through ODBC, encode them canonically, hash them."""
+    from lienthong.connectors.odbc import OdbcSource
+    from lienthong.routes.route import get_route
+    from lienthong.signing.canonical import canonical_json
+
+    route = get_route(route_name)
+    start = time.perf_counter()
+    count = 0
+    for batch in OdbcSource.from_connection(route.stream, route.source_conn).read(None):
+        for _, row in batch:
+            hashlib.sha256(canonical_json(row)).digest()
+        count += len(batch)
+    return Timing(count, time.perf_counter() - start)
+
+
+def naive(route_name: str) -> Timing:
+    """The same work record by record, as a first integration would do it: rows read after the
+    route's cursor (so fresh ones, none the portal holds yet), then for each one a SOAP call for
+    its citizen, the mapping, the gate on a batch of one, a JWS and its own HTTP POST."""
+    from lienthong.audit.ledger import Ledger
+    from lienthong.connectors.rest import PortalSink
+    from lienthong.connectors.soap import PopulationVerifier, Subject
+    from lienthong.connectors.sources import open_source
+    from lienthong.gates import gate
+    from lienthong.mappings.engine import MappingEngine
+    from lienthong.routes.route import get_route
+    from lienthong.settings import settings
+    from lienthong.signing.keys import load_signer
+    from lienthong.signing.records import seal
+
+    route = get_route(route_name)
+    s = settings()
+    after = Ledger(s.state_db_url).cursor(route.name)
+    engine = MappingEngine(route.spec)
+    verifier = PopulationVerifier.from_connection(route.population_conn)
+    signer = load_signer(s.keys_dir, route.signing_key)
+    gate.suite_gate(route.suite_file)  # loaded by the full run already; never part of the timing
+    source = open_source(route.protocol, route.stream, route.source_conn)
+    count = 0
+    start = time.perf_counter()
+    with PortalSink.from_connection(route.portal_conn) as sink:
+        for batch in source.read(after):
+            for _, row in batch:
+                answer = verifier.verify([Subject(**(engine.subject(row) or {}))])[0]
+                record = stages._mapped(engine, row, {"status": answer.status, "fields": list(answer.fields)})
+                (verdict,) = gate.evaluate([record], route.suite_file)
+                if verdict.status == gate.PASS:
+                    sink.push([seal(record["payload"], signer)], service=route.target.service)
+                count += 1
+    return Timing(count, time.perf_counter() - start)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: the hub's own, which is what has to stay flat as N grows."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def children_peak_rss_mb() -> float:
+    """The largest peak of a child that has ended (the sandbox's services, once stopped)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

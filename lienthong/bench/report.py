@@ -1,0 +1,30 @@
+"""The benchmark's figures as tables for a person (``--json`` gives them to a program)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def show(result: dict[str, Any], console: Console) -> None:
+    stages = Table(title=f"{result['records']:,} dossiers end to end in {result['wall_s']:.1f} s: "
+                         f"{result['records_per_s']:,.0f} records/s")
+    for column in ("stage", "seconds", "share", "records/s"):
+        stages.add_column(column, justify="left" if column == "stage" else "right")
+    for name, seconds in result["stages"].items():
+        rate = result["stage_records_per_s"][name]
+        stages.add_row(name, f"{seconds:.2f}", f"{seconds / result['wall_s']:.0%}", f"{rate:,.0f}" if rate else "-")
+    console.print(stages)
+    yardsticks = Table(title="against the yardsticks")
+    for column in ("way", "records", "seconds", "records/s", "ratio"):
+        yardsticks.add_column(column, justify="left" if column == "way" else "right")
+    for way, key, ratio in (("naive (record by record)", "naive", f"route {result['naive_ratio']}x faster"),
+                            ("floor (ODBC + canonical JSON + SHA-256)", "floor", f"route {result['floor_ratio']}x slower")):
+        r = result[key]
+        yardsticks.add_row(way, f"{r['records']:,}", f"{r['seconds']:.2f}", f"{r['records_per_s']:,.0f}", ratio)
+    console.print(yardsticks)
+    console.print(f"peak memory: hub {result['peak_rss_mb']:,.0f} MB, largest sandbox service "
+                  f"{result['sandbox_peak_rss_mb']:,.0f} MB; population database latency "
+                  f"{result['population_latency_ms']:.0f} ms per call")

@@ -1,0 +1,22 @@
+"""``lienthong bench`` end to end on a small N: the real sandbox, the real route, one JSON object."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from numbers import Real
+
+
+def test_bench_reports_every_figure_as_one_json_object(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "lienthong.cli", "bench", "--records", "300", "--sample", "3",
+                           "--json", "--home", str(tmp_path / "home")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)  # the only thing on stdout
+    assert result["records"] == 300 and result["floor"]["records"] == 300 and result["naive"]["records"] == 3
+    assert set(result["stages"]) == {"pull", "verify", "map", "gate", "sign", "push", "record"}
+    assert abs(sum(result["stages"].values()) - result["wall_s"]) < 0.01
+    for key in ("wall_s", "records_per_s", "peak_rss_mb", "naive_ratio", "floor_ratio"):
+        assert isinstance(result[key], Real) and result[key] > 0, key
+    assert all(seconds > 0 for seconds in result["stages"].values())
