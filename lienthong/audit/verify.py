@@ -185,25 +185,27 @@ class _SealChecker:
             problem(UNSIGNED, "the manifest has no signature")
             return
         # A stamped signature is judged when the TSA saw it, so it outlives the platform certificate.
-        stamped_at = self._check_stamp(m, problem)
+        stamped_at, stamp_problem = self._stamp(m)
         try:
             signer = verify_detached(bytes(m["signature"]), m["manifest"].encode("utf-8"), self.ca_file, at=stamped_at)
         except CmsError as exc:
             problem(BAD_SIGNATURE, f"the manifest signature does not verify: {exc}")
-            return
+            if stamp_problem and stamp_problem[0] == UNSTAMPED:  # why it was judged now, not when made
+                problem(*stamp_problem)
+            return  # a stamp that does not match a bad signature says nothing more
         if signer.subject != PLATFORM_SUBJECT:
             problem(BAD_SIGNATURE, f"signed by {signer.subject.rfc4514_string()}, not by the platform key")
+        if stamp_problem:
+            problem(*stamp_problem)
 
-    def _check_stamp(self, m: dict[str, Any], problem: Any) -> dt.datetime | None:
-        """When the TSA saw the signature, if a valid time stamp says so."""
+    def _stamp(self, m: dict[str, Any]) -> tuple[dt.datetime | None, tuple[str, str] | None]:
+        """When the TSA saw the signature, if a valid time stamp says so; else what is wrong with it."""
         if not m["timestamp"]:
-            problem(UNSTAMPED, "the manifest has no time stamp (the TSA did not answer when it was sealed)")
-            return None
+            return None, (UNSTAMPED, "the manifest has no time stamp (the TSA did not answer when it was sealed)")
         try:
-            return timestamp.verify(bytes(m["timestamp"]), bytes(m["signature"]), self.tsa_ca)
+            return timestamp.verify(bytes(m["timestamp"]), bytes(m["signature"]), self.tsa_ca), None
         except Exception as exc:  # a token that cannot even be parsed proves nothing either
-            problem(BAD_TIMESTAMP, f"the time stamp does not verify: {exc}")
-            return None
+            return None, (BAD_TIMESTAMP, f"the time stamp does not verify: {exc}")
 
 
 def _doc(m: dict[str, Any]) -> dict[str, Any] | None:
