@@ -26,6 +26,8 @@ class Timing:
     records: int
     seconds: float
     stages: dict[str, float] = field(default_factory=dict)
+    # The process's peak memory once each stage is over: the stage where it jumps holds the memory.
+    peak_rss_mb_after: dict[str, float] = field(default_factory=dict)
 
     @property
     def per_s(self) -> float:
@@ -37,12 +39,14 @@ def full_run(route_name: str) -> Timing:
     every record (a run with pending records would measure less work than it claims)."""
     run_id = stages.run_id_for(route_name, f"bench-{time.time_ns()}")
     timings: dict[str, float] = {}
+    peaks: dict[str, float] = {}
     results: dict[str, dict[str, Any]] = {}
     for name, stage in STAGES:
         start = time.perf_counter()
         results[name] = stage(route_name, run_id)
         timings[name] = time.perf_counter() - start
-    return Timing(results["record"]["pulled"], sum(timings.values()), timings)
+        peaks[name] = round(peak_rss_mb(), 1)
+    return Timing(results["record"]["pulled"], sum(timings.values()), timings, peaks)
 
 
 def floor(route_name: str) -> Timing:

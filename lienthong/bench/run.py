@@ -54,6 +54,7 @@ def figures(full: measure.Timing, naive: measure.Timing, floor: measure.Timing) 
         "stage_records_per_s": {name: round(full.records / seconds, 1) if seconds else None
                                 for name, seconds in full.stages.items()},
         "peak_rss_mb": round(measure.peak_rss_mb(), 1),
+        "peak_rss_mb_after_stage": full.peak_rss_mb_after,
         "sandbox_peak_rss_mb": round(measure.children_peak_rss_mb(), 1),
         "population_latency_ms": POPULATION_LATENCY_MS,
         "naive": {"records": naive.records, "seconds": round(naive.seconds, 3), "records_per_s": round(naive.per_s, 1)},
