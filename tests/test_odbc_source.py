@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
+import socketserver
+import threading
+from typing import Iterator
 
 import pyodbc
 import pytest
@@ -13,6 +17,7 @@ from lienthong.connectors.streams import Cursor, Stream
 from lienthong.demo import EXAMPLES_DIR
 from lienthong.registry import manifest
 from lienthong.sandbox import dossier_db, seed
+from tests.conftest import POSTGRES
 
 _MANIFEST = manifest.read(EXAMPLES_DIR / "so-tu-phap.yaml")
 STREAM = _MANIFEST.source_stream(_MANIFEST.streams[0])
@@ -97,3 +102,66 @@ def test_connection_string_from_an_airflow_connection(monkeypatch: pytest.Monkey
          "password": "p", "extra": {"driver": "PostgreSQL Unicode", "sslmode": "require"}}))
     assert connection_string(get_connection("test_dossiers")) == (
         "DRIVER={PostgreSQL Unicode};SERVER=db.example;PORT=5432;DATABASE=mot_cua;UID=u;PWD=p;SSLMODE=require")
+
+
+class _DroppingProxy(socketserver.ThreadingTCPServer):
+    """Forwards to PostgreSQL, but slams the first ``drop`` connections shut as they open, as a
+    server that restarts (or an idle-killer catching the handshake) does."""
+
+    daemon_threads = True
+
+    def __init__(self, drop: int) -> None:
+        self.drop, self.accepted = drop, 0
+        super().__init__(("127.0.0.1", 0), _Forward)
+
+
+class _Forward(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        server: _DroppingProxy = self.server  # type: ignore[assignment]
+        server.accepted += 1
+        if server.accepted <= server.drop:
+            return
+        with socket.create_connection(("127.0.0.1", 5432)) as upstream:
+            pumps = [threading.Thread(target=_pump, args=pair, daemon=True)
+                     for pair in ((self.request, upstream), (upstream, self.request))]
+            for pump in pumps:
+                pump.start()
+            for pump in pumps:
+                pump.join()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for end in (source, sink):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def dropping_proxy() -> Iterator[_DroppingProxy]:
+    proxy = _DroppingProxy(drop=2)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    yield proxy
+    proxy.shutdown()
+    proxy.server_close()
+
+
+@pytest.mark.postgres
+def test_a_connection_dropped_while_it_opens_is_opened_again(dropping_proxy: _DroppingProxy) -> None:
+    with pyodbc.connect(POSTGRES, autocommit=False) as conn:
+        dossier_db.create_schema(conn, reset=True)
+    made = _seeded(POSTGRES, 50)
+    port = dropping_proxy.server_address[1]
+    source = OdbcSource(POSTGRES.replace("PORT=5432", f"PORT={port}"), STREAM)
+
+    rows = _pull(source, None, 20)
+
+    assert dropping_proxy.accepted == 3  # two dropped, the third read everything
+    assert sorted(row["id"] for _, row in rows) == sorted(d.id for d in made.dossiers)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import Any, Iterator
 
 import pyodbc
@@ -41,6 +41,10 @@ def connection_lost(exc: pyodbc.Error) -> bool:
     """Whether ``exc`` says the connection is gone (worth reconnecting), not that the SQL is wrong."""
     state = str(exc.args[0]) if exc.args else ""
     return state.startswith(_CONNECTION_LOST) or "connection has been lost" in str(exc).lower()
+
+
+def _lost(exc: pyodbc.Error) -> ConnectionLost:
+    return ConnectionLost(str(exc.args[0]) if exc.args else type(exc).__name__)
 
 
 def _alive(conn: pyodbc.Connection) -> bool:
@@ -101,11 +105,14 @@ class OdbcSource:
 
     @contextmanager
     def connect(self) -> Iterator[pyodbc.Connection]:
-        conn = pyodbc.connect(self._connection_string, autocommit=False)
+        conn = self._open()
         try:
             yield conn
         finally:
             conn.close()
+
+    def _open(self) -> pyodbc.Connection:
+        return pyodbc.connect(self._connection_string, autocommit=False)
 
     def select_sql(self, after: Cursor | None) -> str:
         s = self.stream
@@ -132,9 +139,10 @@ class OdbcSource:
     ) -> Iterator[list[tuple[Cursor, dict[str, Any]]]]:
         """Batches of (cursor, row) after ``after`` in (cursor, key) order, children attached.
 
-        A connection the server drops (a restart, a failover, an idle-killer) is opened again and
-        the read goes on after the last batch handed out: the keyset order makes that exact, so
-        nothing is skipped or read twice. Only repeated drops with no batch in between give up.
+        A connection the server drops (a restart, a failover, an idle-killer), even while it is
+        being opened, is opened again and the read goes on after the last batch handed out: the
+        keyset order makes that exact, so nothing is skipped or read twice. Only repeated drops
+        with no batch in between give up.
         """
         size = batch_size or self.stream.page_size
         failures = 0
@@ -158,7 +166,13 @@ class OdbcSource:
         params: list[Any] = []
         if after is not None:
             params = [after.parameter(), after.parameter(), after.key]
-        with self.connect() as conn:
+        try:
+            conn = self._open()
+        except pyodbc.Error as exc:  # dropped while it was being opened: a restart, an idle-killer
+            if connection_lost(exc):
+                raise _lost(exc) from exc
+            raise
+        with closing(conn):
             try:
                 cur = conn.cursor()
                 cur.execute(self.select_sql(after), params)
@@ -176,7 +190,7 @@ class OdbcSource:
                     yield batch
             except pyodbc.Error as exc:
                 if connection_lost(exc) or not _alive(conn):
-                    raise ConnectionLost(str(exc.args[0]) if exc.args else type(exc).__name__) from exc
+                    raise _lost(exc) from exc
                 raise
 
     def columns(self) -> dict[str, list[str]]:
