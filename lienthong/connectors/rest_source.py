@@ -20,7 +20,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_rand
 from lienthong.connectors.answers import MAX_ANSWER_BYTES, BadAnswer, json_body
 from lienthong.connectors.connection import base_url, get_connection
 from lienthong.connectors.soap import is_transient
-from lienthong.connectors.sources import Probe, cursor_of, flatten, offered
+from lienthong.connectors.sources import Probe, cursor_of, flatten, offered, paged
 from lienthong.connectors.streams import Cursor, Stream
 
 
@@ -74,7 +74,9 @@ class RestSource:
     def read(self, after: Cursor | None, batch_size: int | None = None
              ) -> Iterator[list[tuple[Cursor, dict[str, Any]]]]:
         """Pages in (cursor, key) order until ``next_cursor`` is null."""
-        size = batch_size or self.stream.page_size
+        return paged(self._pages(after, batch_size or self.stream.page_size), f"GET {self.stream.resource}")
+
+    def _pages(self, after: Cursor | None, size: int) -> Iterator[list[tuple[Cursor, dict[str, Any]]]]:
         token = resume_token(after, self.stream) if after is not None else None
         while True:
             page = self._get({"limit": size, **({"after": token} if token else {})})

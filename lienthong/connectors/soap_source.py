@@ -20,7 +20,7 @@ from zeep.xsd import ComplexType
 from lienthong.connectors.answers import MAX_ANSWER_BYTES
 from lienthong.connectors.connection import base_url, get_connection
 from lienthong.connectors.soap import is_transient, safe_client
-from lienthong.connectors.sources import Probe, cursor_of, flatten
+from lienthong.connectors.sources import Probe, cursor_of, flatten, paged
 from lienthong.connectors.streams import Cursor, Stream
 
 # Request and response element names of the paged operation; any may be overridden in extras.
@@ -60,8 +60,10 @@ class SoapSource:
     def read(self, after: Cursor | None, batch_size: int | None = None
              ) -> Iterator[list[tuple[Cursor, dict[str, Any]]]]:
         """Pages in (cursor, key) order until the system says no more follow."""
+        return paged(self._pages(after, batch_size or self.stream.page_size), self.stream.operation)
+
+    def _pages(self, after: Cursor | None, size: int) -> Iterator[list[tuple[Cursor, dict[str, Any]]]]:
         operation = getattr(self._service(), self.stream.operation)
-        size = batch_size or self.stream.page_size
         e = self.elements
         while True:
             request: dict[str, Any] = {e["limit"]: size}

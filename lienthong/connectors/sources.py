@@ -15,6 +15,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Protocol, runtime_checkable
 
+from lienthong.connectors.answers import BadAnswer
 from lienthong.connectors.streams import Cursor, Stream
 from lienthong.connectors.values import json_safe
 
@@ -57,6 +58,24 @@ def offered(records: Iterable[Mapping[str, Any]], notes: list[str] | None = None
             else:
                 fields.add(name)
     return Probe(fields, children, notes or [])
+
+
+def paged(pages: Iterable[list[tuple[Cursor, dict[str, Any]]]], what: str
+          ) -> Iterator[list[tuple[Cursor, dict[str, Any]]]]:
+    """Pages as they come, refusing one that ends where the page before it ended.
+
+    A paged source asks for the page after its last record; a server that ignores the position
+    (or keeps handing out the same next token) answers with the same page for ever, and the run
+    would never end. Distinct records have distinct (cursor, key) positions, so a page that does
+    not move the position is the server repeating itself.
+    """
+    last: Cursor | None = None
+    for batch in pages:
+        if batch[-1][0] == last:
+            raise BadAnswer(f"{what}: the page after {last.value} / {last.key} ends where the page before it "
+                            "ended; the server repeats itself instead of moving on")
+        last = batch[-1][0]
+        yield batch
 
 
 def flatten(record: Mapping[str, Any], stream: Stream) -> dict[str, Any]:
