@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -11,7 +12,7 @@ from typing import Any, Iterator
 import pytest
 
 from lienthong.audit.ledger import ACKNOWLEDGED, PENDING, QUARANTINED, SUCCESS, Ledger
-from lienthong.audit.manifest import platform_sealer
+from lienthong.audit.manifest import Seal, Sealer, platform_sealer, stamp_or_none
 from lienthong.connectors import connection
 from lienthong.connectors.streams import Cursor
 from lienthong.sandbox import services
@@ -48,6 +49,29 @@ def three_runs(state_db_url: str, keys: Path) -> Ledger:
     settle(ledger, "run-2", keys, [outcome(f"H40-{i}", ACKNOWLEDGED) for i in (3, 5, 6)])
     settle(ledger, "run-3", keys, [outcome(f"H40-{i}", kinds[i - 7]) for i in range(7, 11)])
     return ledger
+
+
+def short_lived_platform_seal(keys: Path) -> tuple[Sealer, dt.datetime]:
+    """A sealer whose platform certificate expires a few seconds from now (time-stamped when a
+    TSA is running), and when it expires: a ledger must outlive the certificates that signed it."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from lienthong.signing.cms import sign_detached
+    from lienthong.signing.keys import PLATFORM_SUBJECT, certify
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = certify(keys, PLATFORM_SUBJECT, key.public_key(), valid_from=now - dt.timedelta(minutes=1),
+                   valid_for=dt.timedelta(minutes=1, seconds=3))
+
+    def seal(data: bytes) -> Seal:
+        signature = sign_detached(data, key, [cert])
+        return Seal(signature, stamp_or_none(signature))
+    return seal, cert.not_valid_after_utc
+
+
+def wait_until(moment: dt.datetime) -> None:
+    time.sleep(max(0.0, (moment - dt.datetime.now(dt.timezone.utc)).total_seconds()) + 1.5)
 
 
 @contextmanager

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from lienthong.audit import report
-from lienthong.audit.ledger import Ledger
+from lienthong.audit.ledger import ACKNOWLEDGED, Ledger
 from lienthong.signing.canonical import canonical_json
-from tests.audit_runs import three_runs
+from tests.audit_runs import outcome, running_tsa, settle, short_lived_platform_seal, three_runs, wait_until
 
 CLEAN_ENV = {"PATH": "/usr/bin:/bin"}
 
@@ -67,3 +67,20 @@ def test_verify_sh_fails_for_a_changed_manifest(bundle: Path) -> None:
     manifest.write_bytes(manifest.read_bytes().replace(b'"pulled":5', b'"pulled":4'))
     done = verify_sh(bundle)
     assert done.returncode == 1 and "FAIL: signature" in done.stdout
+
+
+def test_a_stamped_bundle_verifies_after_the_platform_certificate_expired(state_db_url: str, keys: Path,
+                                                                          tmp_path: Path) -> None:
+    """An audit comes years later: verify.sh judges the signer's certificate at the stamped time."""
+    with running_tsa(tmp_path / "tsa"):
+        seal, expires = short_lived_platform_seal(keys)
+        ledger = Ledger(state_db_url)
+        settle(ledger, "run-1", keys, [outcome("H40-1", ACKNOWLEDGED)], seal=seal)
+        bundle = report.export(ledger, "run-1", tmp_path / "out", keys_dir=keys)  # with this TSA's CA
+    wait_until(expires)
+
+    done = verify_sh(bundle)
+    assert done.returncode == 0 and "ok: signature by" in done.stdout, done.stdout + done.stderr
+    (bundle / "manifest.tsr").unlink()
+    done = verify_sh(bundle)
+    assert "FAIL: signature: " in done.stdout and "certificate has expired" in done.stdout, done.stdout

@@ -15,7 +15,7 @@ from lienthong.audit.ledger import ACKNOWLEDGED, PENDING, Ledger
 from lienthong.audit.manifest import Seal, stamp_or_none
 from lienthong.connectors import connection
 from lienthong.sandbox.http import free_port
-from tests.audit_runs import outcome, running_tsa, settle, three_runs
+from tests.audit_runs import outcome, running_tsa, settle, short_lived_platform_seal, three_runs, wait_until
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -139,22 +139,10 @@ def test_a_manifest_signed_by_another_certificate_of_the_ca_is_refused(state_db_
 
 def test_a_stamped_manifest_outlives_the_platform_certificate_that_signed_it(state_db_url: str, keys: Path) -> None:
     """Judged at its time stamp (the time rule in signing/trust.py); unstamped, it is judged now."""
-    import datetime as dt
-    import time
-
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    from lienthong.signing.cms import sign_detached
-    from lienthong.signing.keys import PLATFORM_SUBJECT, certify
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
-    short_lived = certify(keys, PLATFORM_SUBJECT, key.public_key(), valid_from=now - dt.timedelta(minutes=1),
-                          valid_for=dt.timedelta(minutes=1, seconds=3))
+    seal, expires = short_lived_platform_seal(keys)
     ledger = Ledger(state_db_url)
-    settle(ledger, "run-1", keys, [outcome("H40-1", ACKNOWLEDGED)],
-           seal=lambda data: Seal(sig := sign_detached(data, key, [short_lived]), stamp_or_none(sig)))
-    time.sleep(max(0.0, (short_lived.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)).total_seconds()) + 1.5)
+    settle(ledger, "run-1", keys, [outcome("H40-1", ACKNOWLEDGED)], seal=seal)
+    wait_until(expires)
 
     assert problems(ledger, keys) == set()
     sql(ledger, "UPDATE run_manifests SET timestamp = NULL WHERE run_id = 'run-1'")

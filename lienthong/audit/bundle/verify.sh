@@ -1,8 +1,9 @@
 #!/bin/sh
 # Verify this run bundle with POSIX sh and openssl only (plus cat, sed, od, tr, wc, mktemp).
 # Exit 0 when every check holds; otherwise print what failed and exit 1.
-#   1. manifest.p7s is a valid CMS signature over manifest.json by a certificate from ca.pem
-#   2. manifest.tsr is an RFC 3161 time stamp over manifest.p7s by a TSA certified by tsa-ca.pem
+#   1. manifest.tsr is an RFC 3161 time stamp over manifest.p7s by a TSA certified by tsa-ca.pem
+#   2. manifest.p7s is a valid CMS signature over manifest.json by a certificate from ca.pem,
+#      judged at the stamped time (the certificate may have expired since; that is no forgery)
 #   3. the RFC 6962 Merkle root recomputed from records.jsonl is the root in manifest.json
 set -u
 cd "$(dirname "$0")" || exit 1
@@ -15,21 +16,40 @@ trap 'rm -rf "$work"' EXIT INT TERM
 
 echo "manifest sha256: $(openssl dgst -sha256 -r manifest.json | sed 's/ .*//')"
 
-# 1. The platform's signature.
-if openssl cms -verify -binary -inform DER -in manifest.p7s -content manifest.json \
-        -CAfile ca.pem -purpose any -signer "$work/signer.pem" -out /dev/null 2>"$work/cms.err"; then
-    echo "ok: signature by $(openssl x509 -in "$work/signer.pem" -noout -subject)"
-else
-    fail "signature: $(tail -n 1 "$work/cms.err")"
-fi
+# Seconds since 1970 of openssl's "Nov 29 19:00:00[.123] 2026 GMT", for -attime (POSIX sh has no
+# date parser): days from the civil date, proleptic Gregorian, in integer arithmetic.
+epoch_of() {
+    set -- $1
+    case $1 in Jan) m=1;; Feb) m=2;; Mar) m=3;; Apr) m=4;; May) m=5;; Jun) m=6;; Jul) m=7;; Aug) m=8;;
+               Sep) m=9;; Oct) m=10;; Nov) m=11;; Dec) m=12;; *) return 1;; esac
+    t=${3%%.*}
+    h=${t%%:*}; ms=${t#*:}; mi=${ms%%:*}; sec=${ms#*:}
+    d=${2#0}; h=${h#0}; mi=${mi#0}; sec=${sec#0}; y=$4
+    [ "$m" -le 2 ] && y=$((y - 1))
+    era=$((y / 400)); yoe=$((y - era * 400))
+    doe=$((yoe * 365 + yoe / 4 - yoe / 100 + (153 * ((m + 9) % 12) + 2) / 5 + d - 1))
+    echo $(((era * 146097 + doe - 719468) * 86400 + h * 3600 + mi * 60 + sec))
+}
 
-# 2. The time stamp over the signature.
+# 1. The time stamp over the signature: proof that the signature existed at that time.
+stamped_at=""
 if [ ! -f manifest.tsr ]; then
     fail "time stamp: the run was sealed without one (manifest.tsr is absent)"
 elif openssl ts -verify -data manifest.p7s -in manifest.tsr -CAfile tsa-ca.pem >"$work/ts.out" 2>&1; then
-    echo "ok: time stamp, $(openssl ts -reply -in manifest.tsr -text 2>/dev/null | sed -n 's/^Time stamp: //p')"
+    when=$(openssl ts -reply -in manifest.tsr -text 2>/dev/null | sed -n 's/^Time stamp: //p')
+    stamped_at=$(epoch_of "$when") || fail "time stamp: cannot read its time '$when'"
+    echo "ok: time stamp, $when"
 else
     fail "time stamp: $(tail -n 1 "$work/ts.out")"
+fi
+
+# 2. The platform's signature; its certificate judged at the stamped time, or now if unstamped.
+if openssl cms -verify -binary -inform DER -in manifest.p7s -content manifest.json \
+        -CAfile ca.pem -purpose any ${stamped_at:+-attime "$stamped_at"} \
+        -signer "$work/signer.pem" -out /dev/null 2>"$work/cms.err"; then
+    echo "ok: signature by $(openssl x509 -in "$work/signer.pem" -noout -subject)"
+else
+    fail "signature: $(tail -n 1 "$work/cms.err")"
 fi
 
 # 3. The Merkle root. Each line of records.jsonl is canonical JSON {"leaf":{...},"leaf_index":i,"proof":[...]};
