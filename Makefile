@@ -4,10 +4,12 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# Two workers (pytest-xdist): the end-to-end runs spend much of their time waiting on Airflow's
-# child processes and the sandbox's servers, so two cores run two of them side by side
-# (scripts/ensure-postgres.sh makes a database for each worker).
-PYTEST := $(PY) -m pytest -n 2
+# Three workers (pytest-xdist) on two cores: the end-to-end runs spend much of their time waiting
+# on Airflow's child processes and the sandbox's servers (two workers kept 1.3 cores busy).
+# Tests are handed out one at a time, end-to-end runs first (tests/conftest.py), so no worker is
+# left with a queue of two-minute runs while the others idle. scripts/ensure-postgres.sh makes a
+# database for each worker.
+PYTEST := $(PY) -m pytest -n 3 --maxschedchunk 1
 
 .PHONY: demo test test-quick bench setup system lock clean-data
 

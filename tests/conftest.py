@@ -16,6 +16,12 @@ from lienthong.signing.jws import Signer
 from lienthong.signing.keys import init_keys, load_signer, load_trust_store
 from lienthong.signing.trust import TrustStore
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end runs first. On two workers the suite's wall time is set by its tail: a two-minute
+    run handed out last keeps one worker busy while the other has nothing left to do."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 # The test command runs pytest-xdist workers side by side: each has its own PostgreSQL database
 # (scripts/ensure-postgres.sh makes them), as each test has its own folder.
 PG_DATABASE = "lienthong_test" + (f"_{os.environ['PYTEST_XDIST_WORKER']}" if "PYTEST_XDIST_WORKER" in os.environ else "")
