@@ -16,9 +16,10 @@ from lienthong.signing.jws import Signer
 from lienthong.signing.keys import init_keys, load_signer, load_trust_store
 from lienthong.signing.trust import TrustStore
 
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """End-to-end runs first. On two workers the suite's wall time is set by its tail: a two-minute
-    run handed out last keeps one worker busy while the other has nothing left to do."""
+    """End-to-end runs first. On parallel workers the suite's wall time is set by its tail: a
+    two-minute run handed out last keeps one worker busy while the others have nothing left to do."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
