@@ -17,7 +17,6 @@ from lienthong.connectors.streams import Cursor, Stream
 from lienthong.demo import EXAMPLES_DIR
 from lienthong.registry import manifest
 from lienthong.sandbox import dossier_db, seed
-from tests.conftest import POSTGRES
 
 _MANIFEST = manifest.read(EXAMPLES_DIR / "so-tu-phap.yaml")
 STREAM = _MANIFEST.source_stream(_MANIFEST.streams[0])
@@ -153,13 +152,12 @@ def dropping_proxy() -> Iterator[_DroppingProxy]:
     proxy.server_close()
 
 
-@pytest.mark.postgres
-def test_a_connection_dropped_while_it_opens_is_opened_again(dropping_proxy: _DroppingProxy) -> None:
-    with pyodbc.connect(POSTGRES, autocommit=False) as conn:
-        dossier_db.create_schema(conn, reset=True)
-    made = _seeded(POSTGRES, 50)
+@pytest.mark.parametrize("dossier_conn_str", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_a_connection_dropped_while_it_opens_is_opened_again(dossier_conn_str: str,
+                                                             dropping_proxy: _DroppingProxy) -> None:
+    made = _seeded(dossier_conn_str, 50)
     port = dropping_proxy.server_address[1]
-    source = OdbcSource(POSTGRES.replace("PORT=5432", f"PORT={port}"), STREAM)
+    source = OdbcSource(dossier_conn_str.replace("PORT=5432", f"PORT={port}"), STREAM)
 
     rows = _pull(source, None, 20)
 
