@@ -1,5 +1,6 @@
 """Fuzzing the two parsers of input we do not control: the mapping engine (source rows) and the
-manifest parser (agencies' YAML). A failure hypothesis finds is kept as a case in tests/corpus/."""
+manifest parser (agencies' YAML), and the fast canonical encoder against the reference one. A
+failure hypothesis finds is kept as a case in tests/corpus/."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import string
 from typing import Any
 
 import orjson
+import rfc8785
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -114,3 +116,24 @@ yaml_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st
 @given(st.dictionaries(st.sampled_from(sorted(mf.Manifest.model_fields) + ["other"]), yaml_values, max_size=8))
 def test_the_manifest_parser_refuses_any_structure_with_located_problems_only(data: dict[str, Any]) -> None:
     _check_manifest(yaml.safe_dump(data, allow_unicode=True))
+
+
+# Keys mostly ASCII (what records have, so the fast encoder is the one tested), sometimes not.
+json_keys = st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=6) | st.text(max_size=4)
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2**60, 2**60), st.floats(allow_nan=False), st.text()),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(json_keys, inner, max_size=5), max_leaves=12)
+
+
+@settings(FAST, max_examples=FAST.max_examples * 3)
+@given(json_values)
+def test_the_canonical_encoder_writes_the_reference_rfc8785_bytes_or_its_error(value: Any) -> None:
+    try:
+        expected: bytes | type[Exception] = rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError as exc:
+        expected = type(exc)
+    try:
+        got: bytes | type[Exception] = canonical_json(value)
+    except rfc8785.CanonicalizationError as exc:
+        got = type(exc)
+    assert got == expected
