@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -104,7 +105,10 @@ def _check_ca(cert: x509.Certificate) -> None:
         raise CertificateError(f"issuer is not a CA: {cert.subject.rfc4514_string()}")
 
 
+@lru_cache(maxsize=256)
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Cached: a certificate's signature never changes, and every record of a signer asks it again
+    (certificates compare and hash by their DER bytes)."""
     try:
         cert.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature):
