@@ -4,7 +4,8 @@ Resending is always safe: the portal keys every record version by (MaHoSo, Phien
 a version it already holds as a duplicate. So whenever an answer is lost (timeout, 5xx, a cut
 connection) the sink simply sends the same batch again, with backoff, and a batch that still has
 no answer after the last attempt stays pending for the next run (:class:`PortalUnavailable`).
-A sink keeps one HTTP session and one portal session: use one per thread.
+A sink keeps one HTTP session and one portal session: use one per thread (``concurrency`` says how
+many the connection allows at once).
 """
 
 from __future__ import annotations
@@ -86,8 +87,10 @@ class PortalSink:
         backoff_max: float = 30,
         backoff_initial: float = 0.5,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
+        concurrency: int = 4,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.concurrency = max(1, concurrency)
         self.max_answer_bytes = max_answer_bytes
         self.batch_size = batch_size
         self.timeout = timeout
@@ -109,7 +112,7 @@ class PortalSink:
         conn = get_connection(conn_id)
         extra = conn.extra_dejson
         casts = {"batch_size": int, "timeout": float, "max_attempts": int, "backoff_max": float,
-                 "backoff_initial": float, "max_answer_bytes": int}
+                 "backoff_initial": float, "max_answer_bytes": int, "concurrency": int}
         tuning = {key: cast(extra[key]) for key, cast in casts.items() if key in extra}
         return cls(base_url(conn), conn.login, conn.password, **tuning)
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from lienthong.audit.ledger import (ACKNOWLEDGED, FAILED, PENDING, QUARANTINED, SUCCESS, Ledger)
@@ -226,9 +228,14 @@ def sign(route_name: str, run_id: str) -> dict[str, Any]:
 
 
 def push(route_name: str, run_id: str) -> dict[str, Any]:
-    """Send sealed records in batches; acks are written after each batch, so a retry resumes.
+    """Send sealed records in batches, several parts at once; acks are written after each batch,
+    so a retry resumes.
 
-    A record version the portal already acknowledged (in an earlier run) is not sent again.
+    A record version the portal already acknowledged (in an earlier run) is not sent again. Parts
+    are pushed by ``concurrency`` threads (the portal connection's extra), each with its own sink,
+    so the portal's checking of one batch overlaps the sending of the next. When the portal stays
+    unavailable, parts not started are left and the first failure is raised once the parts in
+    flight have written their acks.
     """
     from lienthong.connectors.rest import PortalSink, PortalUnavailable
 
@@ -237,10 +244,17 @@ def push(route_name: str, run_id: str) -> dict[str, Any]:
     signed, stage = staging.stage("sign"), staging.stage("push")
     if stage.done:
         return stage.counts()
-    sink = PortalSink.from_connection(route.portal_conn)
     ledger = _ledger()
-    tally: dict[str, int] = {}
-    for index in signed.parts():
+    sinks: list[PortalSink] = []
+    local = threading.local()
+
+    def sink() -> PortalSink:
+        if not hasattr(local, "sink"):
+            local.sink = PortalSink.from_connection(route.portal_conn)
+            sinks.append(local.sink)
+        return local.sink
+
+    def push_part(index: int) -> list[dict[str, Any] | None]:
         sealed = signed.read_part(index)
         acks: list[dict[str, Any] | None] = (
             stage.read_part(index) if stage.has_part(index) else [None] * len(sealed))
@@ -252,10 +266,11 @@ def push(route_name: str, run_id: str) -> dict[str, Any]:
                     acks[i] = {"error_code": 0, "status": "already_acknowledged", "acknowledged": True,
                                "message": "acknowledged in an earlier run", "at": _now()}
             todo = [i for i in todo if acks[i] is None]
-        for start in range(0, len(todo), sink.batch_size):
-            chunk = todo[start : start + sink.batch_size]
+        portal = sink()
+        for start in range(0, len(todo), portal.batch_size):
+            chunk = todo[start : start + portal.batch_size]
             try:
-                answers = sink.push([sealed[i] for i in chunk], service=route.target.service)
+                answers = portal.push([sealed[i] for i in chunk], service=route.target.service)
             except PortalUnavailable:
                 stage.write_part(index, acks)
                 raise
@@ -266,8 +281,18 @@ def push(route_name: str, run_id: str) -> dict[str, Any]:
             stage.write_part(index, acks)
         if not stage.has_part(index):
             stage.write_part(index, acks)
-        _tally(tally, (a["status"] for a in acks if a))
-        stage.report_progress({"records": sum(tally.values()), **tally})
+        return acks
+
+    tally: dict[str, int] = {}
+    pool = ThreadPoolExecutor(max_workers=sink().concurrency, thread_name_prefix="push")
+    try:
+        for acks in pool.map(push_part, signed.parts()):
+            _tally(tally, (a["status"] for a in acks if a))
+            stage.report_progress({"records": sum(tally.values()), **tally})
+    finally:
+        pool.shutdown(cancel_futures=True)
+        for portal in sinks:
+            portal.close()
     log.info("run %s: push %s", run_id, tally)
     return _finish(stage, tally)
 
