@@ -25,6 +25,9 @@ class Settings(BaseModel):
     # A run whose staging has not been written for this long, while a new run of its route starts,
     # was abandoned (its worker died). Parts are written every batch, so minutes of silence are death.
     abandoned_after_s: float = 900.0
+    # Partitions a run's parts are split into after extract, one mapped task each per stage:
+    # 1 embedded (tasks run one after another anyway); about the workers' slots when distributed.
+    partitions: int = 1
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -33,6 +36,7 @@ class Settings(BaseModel):
             home=home,
             state_db_url=os.environ.get("LIENTHONG_STATE_DB") or f"sqlite:///{home / 'state.db'}",
             abandoned_after_s=float(os.environ.get("LIENTHONG_ABANDONED_AFTER_S") or 900.0),
+            partitions=int(os.environ.get("LIENTHONG_PARTITIONS") or 1),
         )
 
     @cached_property

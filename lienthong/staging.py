@@ -5,10 +5,16 @@ it adds (verification results, payloads, gate verdicts, sealed records, acks), i
 its input, so a later stage reads the parts it needs side by side. Each part appears by an atomic
 rename, so a part file is either complete or absent: a retried task skips the parts it has and
 resumes at the first one missing. ``_done.json`` marks a finished stage with its counts.
+
+After extract, a run's parts are split once into contiguous partitions (``_partitions.json``);
+the later stages can run one task per partition (Airflow's dynamic task mapping, spread over
+Celery workers), each marking its partition done (``_done.p00000.json``). Whichever partition
+finishes last sees them all and marks the whole stage.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -68,21 +74,39 @@ class StageDir:
     def counts(self) -> dict[str, Any]:
         return orjson.loads((self.path / "_done.json").read_bytes())
 
-    def report_progress(self, counts: dict[str, Any]) -> None:
-        """Read by whoever shows progress (the demo); written after every part."""
-        self._write_json("_progress.json", counts)
+    def partition_done(self, partition: int) -> bool:
+        return (self.path / f"_done.p{partition:05d}.json").exists()
+
+    def partition_counts(self, partition: int) -> dict[str, Any]:
+        return orjson.loads((self.path / f"_done.p{partition:05d}.json").read_bytes())
+
+    def mark_partition_done(self, partition: int, of: int, counts: dict[str, Any]) -> None:
+        """The partition's counts; the stage's, summed, once all ``of`` partitions are done.
+
+        Two partitions finishing together may both write the stage's mark: the same bytes.
+        """
+        self._write_json(f"_done.p{partition:05d}.json", counts)
+        if all(self.partition_done(k) for k in range(of)):
+            self.mark_done(sum_counts(self.partition_counts(k) for k in range(of)))
+
+    def report_progress(self, counts: dict[str, Any], partition: int = 0) -> None:
+        """Read by whoever shows progress (the demo); written after every part, per partition."""
+        self._write_json(f"_progress.p{partition:05d}.json", counts)
 
     def progress(self) -> dict[str, Any] | None:
-        for name in ("_done.json", "_progress.json"):
+        if self.done:
+            return self.counts()
+        found = []
+        for path in self.path.glob("_progress.p*.json"):
             try:
-                return orjson.loads((self.path / name).read_bytes())
+                found.append(orjson.loads(path.read_bytes()))
             except (FileNotFoundError, orjson.JSONDecodeError):
                 continue
-        return None
+        return sum_counts(found) if found else None
 
     def _write_json(self, name: str, value: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.path / f"{name}.tmp"
+        tmp = self.path / f"{name}.{os.getpid()}.tmp"  # partitions of one stage write side by side
         tmp.write_bytes(orjson.dumps(value))
         os.replace(tmp, self.path / name)
 
@@ -99,10 +123,35 @@ class RunStaging:
         times = [p.stat().st_mtime for p in self.root.rglob("*") if p.is_file()] if self.root.exists() else []
         return max(times, default=None)
 
+    def partitions(self, wanted: int = 1) -> list[list[int]]:
+        """Extract's parts in at most ``wanted`` contiguous partitions, planned once per run, so
+        every task and retry of the run (even under a changed setting) sees the same partitions.
+        There is always at least one, empty when nothing was pulled."""
+        path = self.root / "_partitions.json"
+        if path.exists():
+            return orjson.loads(path.read_bytes())
+        parts = self.stage("extract").parts()
+        size = max(1, math.ceil(len(parts) / max(1, wanted)))
+        plan = [parts[start : start + size] for start in range(0, len(parts), size)] or [[]]
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(orjson.dumps(plan))
+        os.replace(tmp, path)
+        return plan
+
     def stage(self, name: str) -> StageDir:
         if name not in STAGES:
             raise ValueError(f"unknown stage {name!r}")
         return StageDir(self.root, name)
+
+
+def sum_counts(counts: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Counts of several partitions as one: every count added up, key by key, in order met."""
+    total: dict[str, Any] = {}
+    for one in counts:
+        for key, value in one.items():
+            total[key] = total.get(key, 0) + value
+    return total
 
 
 def purge_route(staging_dir: Path, route: str) -> None:

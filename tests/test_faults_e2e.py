@@ -196,6 +196,8 @@ def test_a_bad_day_of_20000_dossiers_through_airflow_with_every_fault_at_once(
     with world(tmp_path / "home", 0) as w:
         dossiers = _dossiers_on_postgres(w, monkeypatch, BAD_DAY_DOSSIERS)
         _use(monkeypatch, w, connection.PORTAL, extra={**PORTAL_EXTRA, "batch_size": 200})
+        # Run as a distributed deployment splits it: four partitions, each its own mapped tasks.
+        monkeypatch.setenv("LIENTHONG_PARTITIONS", "4")
         # ~130 portal requests: at 5 % each fault strikes about six times, and misses altogether
         # about once in 800 runs (at 2 %, one in fourteen: the assertion below would be a coin toss).
         _faults(w, "portal", latency_ms=5, error_rate=0.05, stall_rate=0.05, stall_ms=1500, lose_reply_rate=0.05,
@@ -214,6 +216,7 @@ def test_a_bad_day_of_20000_dossiers_through_airflow_with_every_fault_at_once(
         # The dossier database dropped the source's connection mid-read, and the source went on.
         airflow_logs = "".join(p.read_text(errors="replace") for p in w.settings.logs_dir.glob("run-*.log"))
         assert "dossier database dropped the connection" in airflow_logs, killer.killed
+        assert all(f"push, partition {k} of 4" in airflow_logs for k in range(1, 5))
         struck = _struck(w, "portal")
         assert all(struck.get(fault, 0) > 0 for fault in ("error", "stall", "lose_reply", "cut", "expire_sessions")), struck
         assert _struck(w, "population")["error"] > 0

@@ -118,3 +118,37 @@ def test_a_run_whose_worker_died_is_settled_by_the_next_run_from_its_staging(
     # The next run starts past what the dead one delivered.
     assert ledger.run(after)["cursor_before"] == settled["cursor_after"]
     assert portal.sandbox_stats(url)["dossiers"] == settled["counts"]["acknowledged"]
+
+
+def test_partitions_of_a_run_go_through_the_stages_in_any_order_and_every_record_is_settled(
+        home: Settings, sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a distributed run does: each worker takes a partition of each stage, in no set order."""
+    portal_app, url = sandbox
+    portal_app.healed = True
+    monkeypatch.setenv("LIENTHONG_PARTITIONS", "3")
+    run_id = stages.run_id_for(ROUTE, "manual__partitions")
+    stages.extract(ROUTE, run_id)
+    assert stages.partitions(run_id) == 3
+    staging = RunStaging(home.staging_dir, run_id)
+    plan = staging.partitions()
+    assert sorted(i for part in plan for i in part) == staging.stage("extract").parts()
+    monkeypatch.setenv("LIENTHONG_PARTITIONS", "2")  # a changed setting does not re-plan a run
+    assert stages.partitions(run_id) == 3
+
+    rows = [sum(len(staging.stage("extract").read_part(i)) for i in part) for part in plan]
+    for name, stage in (("verify", stages.verify), ("map", stages.map_records), ("gate", stages.gate_records),
+                        ("sign", stages.sign), ("push", stages.push)):
+        for k in (2, 0, 1):
+            assert not staging.stage(name).done
+            counts = stage(ROUTE, run_id, k)
+            if name in ("verify", "map", "gate"):
+                assert counts["records"] == rows[k]
+        assert staging.stage(name).done
+        assert staging.stage(name).counts()["records"] == sum(staging.stage(name).partition_counts(k)["records"]
+                                                              for k in range(3))
+
+    settled = stages.record(ROUTE, run_id)
+    assert settled["pulled"] == 1200 == settled["acknowledged"] + settled["quarantined"]
+    assert settled["stages"]["gate"]["records"] == 1200
+    assert settled["stages"]["push"]["records"] == settled["stages"]["sign"]["records"] == settled["pushed"]
+    assert portal.sandbox_stats(url)["dossiers"] == settled["acknowledged"]

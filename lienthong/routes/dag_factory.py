@@ -1,7 +1,9 @@
 """Turns a route into an Airflow DAG; importing this costs no more than Airflow's SDK.
 
-Tasks pass each other a small reference (route and run id), never records; the heavy libraries
-(pyodbc, zeep, great-expectations, cryptography) load inside the tasks, not at parse time.
+Tasks pass each other a small reference (route, run id, partition), never records; the heavy
+libraries (pyodbc, zeep, great-expectations, cryptography) load inside the tasks, not at parse time.
+The stages after extract form a task group mapped over the run's partitions (``LIENTHONG_PARTITIONS``,
+1 by default), so a distributed deployment's workers take a partition each.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import datetime as dt
 import os
 from typing import Any
 
-from airflow.sdk import DAG, TriggerRule, task
+from airflow.sdk import DAG, TriggerRule, task, task_group
 
 from lienthong.routes.route import Route
 
@@ -29,10 +31,10 @@ STAGE_TASKS = (("verify", "verify"), ("map", "map_records"), ("gate", "gate_reco
 
 def _stage_task(route_name: str, task_id: str, function: str) -> Any:
     @task(task_id=task_id)
-    def run_stage(ref: dict[str, str]) -> dict[str, str]:
+    def run_stage(ref: dict[str, Any]) -> dict[str, Any]:
         from lienthong.routes import stages
 
-        getattr(stages, function)(route_name, ref["run_id"])
+        getattr(stages, function)(route_name, ref["run_id"], ref["partition"])
         return ref
 
     return run_stage
@@ -61,11 +63,18 @@ def build_dag(route: Route) -> DAG:
     ) as dag:
 
         @task(task_id="extract")
-        def extract(**context: Any) -> dict[str, str]:
+        def extract(**context: Any) -> list[dict[str, Any]]:
+            """One reference per partition of what it pulled: what the stage group is mapped over."""
             from lienthong.routes import stages
 
             ref = ref_of(context)
             stages.extract(name, ref["run_id"], context["dag"].dag_id, context["run_id"])
+            return [{**ref, "partition": k} for k in range(stages.partitions(ref["run_id"]))]
+
+        @task_group(group_id="partition")
+        def partition(ref: dict[str, Any]) -> Any:
+            for task_id, function in STAGE_TASKS:
+                ref = _stage_task(name, task_id, function)(ref)
             return ref
 
         @task(task_id="record", trigger_rule=TriggerRule.ALL_DONE, retries=0)
@@ -75,8 +84,5 @@ def build_dag(route: Route) -> DAG:
 
             return stages.record(name, ref_of(context)["run_id"])
 
-        ref = extract()
-        for task_id, function in STAGE_TASKS:
-            ref = _stage_task(name, task_id, function)(ref)
-        ref >> record()
+        partition.expand(ref=extract()) >> record()
     return dag

@@ -35,6 +35,10 @@ log = get_logger(__name__)
 GATE_GROUP_PARTS = 20
 
 
+# A stage's way of saying how far it got (counts so far), for whoever shows progress.
+Report = Callable[[dict[str, Any]], None]
+
+
 class RunIncomplete(RuntimeError):
     """Raised by the last stage when records remain pending, so the DAG run shows as failed."""
 
@@ -82,6 +86,11 @@ def extract(route_name: str, run_id: str, dag_id: str | None = None, airflow_run
     return counts
 
 
+def partitions(run_id: str) -> int:
+    """How many partitions the stages after extract run in: planned once, after extract."""
+    return len(_staging(run_id).partitions(settings().partitions))
+
+
 def settle_abandoned(route_name: str, ledger: Ledger) -> None:
     """Settle, from their staging, the route's runs whose worker died before ``record`` ran.
 
@@ -121,7 +130,7 @@ def _resume_point(stage: Any) -> Cursor | None:
     return Cursor.model_validate(last[-1]["cursor"]) if last else None
 
 
-def verify(route_name: str, run_id: str) -> dict[str, Any]:
+def verify(route_name: str, run_id: str, partition: int | None = None) -> dict[str, Any]:
     """Ask the population database about every applicant, in batches, concurrently.
 
     Routes whose target does not name a citizen (status sync) pass through with nothing to ask.
@@ -131,41 +140,45 @@ def verify(route_name: str, run_id: str) -> dict[str, Any]:
     route = get_route(route_name)
     staging = _staging(run_id)
     source, stage = staging.stage("extract"), staging.stage("verify")
-    if stage.done:
-        return stage.counts()
     if route.population_conn is None or not route.target.verify_citizens:
-        return _finish(stage, {})
-    engine = MappingEngine(route.spec)
-    verifier = PopulationVerifier.from_connection(route.population_conn)
+        return _by_partition(staging, stage, partition, lambda parts, report: {})
 
-    def ask(index: int) -> list[dict[str, Any]]:
-        subjects = [Subject(**(engine.subject(r["row"]) or {})) for r in source.read_part(index)]
-        return [{"status": v.status, "fields": list(v.fields)} for v in verifier.verify(subjects)]
+    def work(parts: list[int], report: Report) -> dict[str, Any]:
+        engine = MappingEngine(route.spec)
+        verifier = PopulationVerifier.from_connection(route.population_conn)
 
-    return _judge_parts(run_id, stage, source.parts(), ask)
+        def ask(index: int) -> list[dict[str, Any]]:
+            subjects = [Subject(**(engine.subject(r["row"]) or {})) for r in source.read_part(index)]
+            return [{"status": v.status, "fields": list(v.fields)} for v in verifier.verify(subjects)]
+
+        return _judge_parts(stage, parts, ask, report)
+
+    return _by_partition(staging, stage, partition, work)
 
 
-def map_records(route_name: str, run_id: str) -> dict[str, Any]:
+def map_records(route_name: str, run_id: str, partition: int | None = None) -> dict[str, Any]:
     """Source rows to target payloads; errors stay with their record."""
     route = get_route(route_name)
     staging = _staging(run_id)
     source, verified, stage = staging.stage("extract"), staging.stage("verify"), staging.stage("map")
-    if stage.done:
-        return stage.counts()
-    engine = MappingEngine(route.spec)
-    tally = {"records": 0, "with_errors": 0}
 
-    def map_part(index: int) -> list[dict[str, Any]]:
-        rows = source.read_part(index)
-        verifications = _part_or_nulls(verified, index, len(rows))
-        return [_mapped(engine, r["row"], v) for r, v in zip(rows, verifications, strict=True)]
+    def work(parts: list[int], report: Report) -> dict[str, Any]:
+        engine = MappingEngine(route.spec)
+        tally = {"records": 0, "with_errors": 0}
 
-    for index in source.parts():
-        mapped = _resumable(stage, index, map_part)
-        tally["records"] += len(mapped)
-        tally["with_errors"] += sum(1 for m in mapped if m["errors"])
-        stage.report_progress(tally)
-    return _finish(stage, tally)
+        def map_part(index: int) -> list[dict[str, Any]]:
+            rows = source.read_part(index)
+            verifications = _part_or_nulls(verified, index, len(rows))
+            return [_mapped(engine, r["row"], v) for r, v in zip(rows, verifications, strict=True)]
+
+        for index in parts:
+            mapped = _resumable(stage, index, map_part)
+            tally["records"] += len(mapped)
+            tally["with_errors"] += sum(1 for m in mapped if m["errors"])
+            report(tally)
+        return tally
+
+    return _by_partition(staging, stage, partition, work)
 
 
 def _mapped(engine: MappingEngine, row: dict[str, Any], verification: dict[str, Any] | None) -> dict[str, Any]:
@@ -174,60 +187,64 @@ def _mapped(engine: MappingEngine, row: dict[str, Any], verification: dict[str, 
             "verification": verification}
 
 
-def gate_records(route_name: str, run_id: str) -> dict[str, Any]:
+def gate_records(route_name: str, run_id: str, partition: int | None = None) -> dict[str, Any]:
     """Pass, quarantine or pending per record, by the suite, the domain rules and verification.
 
     great-expectations costs about 0.8 s a validation whatever the rows, so parts are validated
-    in groups of :data:`GATE_GROUP_PARTS`, at fixed boundaries: a resumed gate validates exactly
-    the groups it validated before, and a batch-wide rule (unique codes) sees the same batch.
+    in groups of :data:`GATE_GROUP_PARTS`, at fixed boundaries within their partition: a resumed
+    gate validates exactly the groups it validated before, and a batch-wide rule (unique codes)
+    sees the same batch.
     """
     route = get_route(route_name)
     staging = _staging(run_id)
     mapped, stage = staging.stage("map"), staging.stage("gate")
-    if stage.done:
-        return stage.counts()
 
-    parts = mapped.parts()
-    judged: dict[int, list[dict[str, Any]]] = {}
+    def work(parts: list[int], report: Report) -> dict[str, Any]:
+        judged: dict[int, list[dict[str, Any]]] = {}
 
-    def judge(index: int) -> list[dict[str, Any]]:
-        """The verdicts of ``index``, from one validation of its whole group of parts."""
-        if index not in judged:
-            position = parts.index(index) // GATE_GROUP_PARTS * GATE_GROUP_PARTS
-            group = parts[position : position + GATE_GROUP_PARTS]
-            records = [mapped.read_part(i) for i in group]
-            verdicts = iter(gate.evaluate([r for part in records for r in part], route.suite_file))
-            judged.clear()
-            for i, part in zip(group, records):
-                judged[i] = [{"status": v.status, "reasons": v.reasons} for v in itertools.islice(verdicts, len(part))]
-        return judged[index]
+        def judge(index: int) -> list[dict[str, Any]]:
+            """The verdicts of ``index``, from one validation of its whole group of parts."""
+            if index not in judged:
+                position = parts.index(index) // GATE_GROUP_PARTS * GATE_GROUP_PARTS
+                group = parts[position : position + GATE_GROUP_PARTS]
+                records = [mapped.read_part(i) for i in group]
+                verdicts = iter(gate.evaluate([r for part in records for r in part], route.suite_file))
+                judged.clear()
+                for i, part in zip(group, records):
+                    judged[i] = [{"status": v.status, "reasons": v.reasons}
+                                 for v in itertools.islice(verdicts, len(part))]
+            return judged[index]
 
-    return _judge_parts(run_id, stage, parts, judge)
+        return _judge_parts(stage, parts, judge, report)
+
+    return _by_partition(staging, stage, partition, work)
 
 
-def sign(route_name: str, run_id: str) -> dict[str, Any]:
+def sign(route_name: str, run_id: str, partition: int | None = None) -> dict[str, Any]:
     """Seal every record that passed the gate: version (content hash) and JWS with the chain."""
     from lienthong.signing.keys import load_signer
 
     route = get_route(route_name)
     staging = _staging(run_id)
     mapped, gated, stage = staging.stage("map"), staging.stage("gate"), staging.stage("sign")
-    if stage.done:
-        return stage.counts()
-    signer = load_signer(settings().keys_dir, route.signing_key)
 
-    def seal_part(index: int) -> list[dict[str, Any] | None]:
-        return [seal(m["payload"], signer) if v["status"] == gate.PASS else None
-                for m, v in zip(mapped.read_part(index), gated.read_part(index), strict=True)]
+    def work(parts: list[int], report: Report) -> dict[str, Any]:
+        signer = load_signer(settings().keys_dir, route.signing_key)
 
-    signed = 0
-    for index in gated.parts():
-        signed += sum(1 for record in _resumable(stage, index, seal_part) if record is not None)
-        stage.report_progress({"records": signed})
-    return _finish(stage, {"records": signed})
+        def seal_part(index: int) -> list[dict[str, Any] | None]:
+            return [seal(m["payload"], signer) if v["status"] == gate.PASS else None
+                    for m, v in zip(mapped.read_part(index), gated.read_part(index), strict=True)]
+
+        signed = 0
+        for index in parts:
+            signed += sum(1 for record in _resumable(stage, index, seal_part) if record is not None)
+            report({"records": signed})
+        return {"records": signed}
+
+    return _by_partition(staging, stage, partition, work)
 
 
-def push(route_name: str, run_id: str) -> dict[str, Any]:
+def push(route_name: str, run_id: str, partition: int | None = None) -> dict[str, Any]:
     """Send sealed records in batches, several parts at once; acks are written after each batch,
     so a retry resumes.
 
@@ -242,59 +259,60 @@ def push(route_name: str, run_id: str) -> dict[str, Any]:
     route = get_route(route_name)
     staging = _staging(run_id)
     signed, stage = staging.stage("sign"), staging.stage("push")
-    if stage.done:
-        return stage.counts()
     ledger = _ledger()
-    sinks: list[PortalSink] = []
-    local = threading.local()
 
-    def sink() -> PortalSink:
-        if not hasattr(local, "sink"):
-            local.sink = PortalSink.from_connection(route.portal_conn)
-            sinks.append(local.sink)
-        return local.sink
+    def work(parts: list[int], report: Report) -> dict[str, Any]:
+        sinks: list[PortalSink] = []
+        local = threading.local()
 
-    def push_part(index: int) -> list[dict[str, Any] | None]:
-        sealed = signed.read_part(index)
-        acks: list[dict[str, Any] | None] = (
-            stage.read_part(index) if stage.has_part(index) else [None] * len(sealed))
-        todo = [i for i, record in enumerate(sealed) if record is not None and acks[i] is None]
-        if todo:
-            known = ledger.acknowledged_versions(route.name, [sealed[i][route.spec.key] for i in todo])
-            for i in todo:
-                if (sealed[i][route.spec.key], sealed[i][VERSION]) in known:
-                    acks[i] = {"error_code": 0, "status": "already_acknowledged", "acknowledged": True,
-                               "message": "acknowledged in an earlier run", "at": _now()}
-            todo = [i for i in todo if acks[i] is None]
-        portal = sink()
-        for start in range(0, len(todo), portal.batch_size):
-            chunk = todo[start : start + portal.batch_size]
-            try:
-                answers = portal.push([sealed[i] for i in chunk], service=route.target.service)
-            except PortalUnavailable:
+        def sink() -> PortalSink:
+            if not hasattr(local, "sink"):
+                local.sink = PortalSink.from_connection(route.portal_conn)
+                sinks.append(local.sink)
+            return local.sink
+
+        def push_part(index: int) -> list[dict[str, Any] | None]:
+            sealed = signed.read_part(index)
+            acks: list[dict[str, Any] | None] = (
+                stage.read_part(index) if stage.has_part(index) else [None] * len(sealed))
+            todo = [i for i, record in enumerate(sealed) if record is not None and acks[i] is None]
+            if todo:
+                known = ledger.acknowledged_versions(route.name, [sealed[i][route.spec.key] for i in todo])
+                for i in todo:
+                    if (sealed[i][route.spec.key], sealed[i][VERSION]) in known:
+                        acks[i] = {"error_code": 0, "status": "already_acknowledged", "acknowledged": True,
+                                   "message": "acknowledged in an earlier run", "at": _now()}
+                todo = [i for i in todo if acks[i] is None]
+            portal = sink()
+            for start in range(0, len(todo), portal.batch_size):
+                chunk = todo[start : start + portal.batch_size]
+                try:
+                    answers = portal.push([sealed[i] for i in chunk], service=route.target.service)
+                except PortalUnavailable:
+                    stage.write_part(index, acks)
+                    raise
+                at = _now()
+                for i, ack in zip(chunk, answers, strict=True):
+                    acks[i] = {"error_code": ack.error_code, "status": ack.status, "acknowledged": ack.acknowledged,
+                               "message": ack.message, "at": at}
                 stage.write_part(index, acks)
-                raise
-            at = _now()
-            for i, ack in zip(chunk, answers, strict=True):
-                acks[i] = {"error_code": ack.error_code, "status": ack.status, "acknowledged": ack.acknowledged,
-                           "message": ack.message, "at": at}
-            stage.write_part(index, acks)
-        if not stage.has_part(index):
-            stage.write_part(index, acks)
-        return acks
+            if not stage.has_part(index):
+                stage.write_part(index, acks)
+            return acks
 
-    tally: dict[str, int] = {}
-    pool = ThreadPoolExecutor(max_workers=sink().concurrency, thread_name_prefix="push")
-    try:
-        for acks in pool.map(push_part, signed.parts()):
-            _tally(tally, (a["status"] for a in acks if a))
-            stage.report_progress({"records": sum(tally.values()), **tally})
-    finally:
-        pool.shutdown(cancel_futures=True)
-        for portal in sinks:
-            portal.close()
-    log.info("run %s: push %s", run_id, tally)
-    return _finish(stage, tally)
+        tally: dict[str, int] = {}
+        pool = ThreadPoolExecutor(max_workers=sink().concurrency, thread_name_prefix="push")
+        try:
+            for acks in pool.map(push_part, parts):
+                _tally(tally, (a["status"] for a in acks if a))
+                report({"records": sum(tally.values()), **tally})
+        finally:
+            pool.shutdown(cancel_futures=True)
+            for portal in sinks:
+                portal.close()
+        return tally
+
+    return _by_partition(staging, stage, partition, work)
 
 
 def record(route_name: str, run_id: str) -> dict[str, Any]:
@@ -399,15 +417,32 @@ def _resumable(stage: StageDir, index: int, compute: Callable[[int], list[Any]])
     return records
 
 
-def _judge_parts(run_id: str, stage: StageDir, parts: list[int],
-                 judge: Callable[[int], list[dict[str, Any]]]) -> dict[str, Any]:
+def _judge_parts(stage: StageDir, parts: list[int], judge: Callable[[int], list[dict[str, Any]]],
+                 report: Report) -> dict[str, Any]:
     """A stage that gives each record a status (verify, gate): resumable, counted per status."""
     tally: dict[str, int] = {}
     for index in parts:
         _tally(tally, (r["status"] for r in _resumable(stage, index, judge)))
-        stage.report_progress({"records": sum(tally.values()), **tally})
-    log.info("run %s: %s %s", run_id, stage.name, tally)
-    return _finish(stage, tally)
+        report({"records": sum(tally.values()), **tally})
+    return tally
+
+
+def _by_partition(staging: RunStaging, stage: StageDir, partition: int | None,
+                  work: Callable[[list[int], Report], dict[str, Any]]) -> dict[str, Any]:
+    """``work`` over the parts of one partition (a mapped task) or of every partition in turn.
+
+    A partition already marked done is not worked again (a retry, or a whole-stage call after
+    some partitions ran); the stage is marked done with the last partition.
+    """
+    plan = staging.partitions(settings().partitions)
+    for k in range(len(plan)) if partition is None else (partition,):
+        if stage.partition_done(k):
+            continue
+        counts = work(plan[k], lambda progress, k=k: stage.report_progress(progress, k))
+        counts = {"records": sum(counts.values()), **counts} if "records" not in counts else counts
+        log.info("run %s: %s, partition %d of %d: %s", staging.run_id, stage.name, k + 1, len(plan), counts)
+        stage.mark_partition_done(k, len(plan), counts)
+    return stage.counts() if partition is None else stage.partition_counts(partition)
 
 
 def _part_or_nulls(stage: Any, index: int, size: int) -> list[Any]:
@@ -417,13 +452,6 @@ def _part_or_nulls(stage: Any, index: int, size: int) -> list[Any]:
 def _tally(tally: dict[str, int], statuses: Any) -> None:
     for status in statuses:
         tally[status] = tally.get(status, 0) + 1
-
-
-def _finish(stage: Any, counts: dict[str, Any]) -> dict[str, Any]:
-    """Every stage's counts say how many records it handled, with its own breakdown beside."""
-    counts = {"records": sum(counts.values()), **counts} if "records" not in counts else counts
-    stage.mark_done(counts)
-    return counts
 
 
 def _now() -> str:
