@@ -25,6 +25,7 @@ def show(result: dict[str, Any], console: Console) -> None:
         r = result[key]
         yardsticks.add_row(way, f"{r['records']:,}", f"{r['seconds']:.2f}", f"{r['records_per_s']:,.0f}", ratio)
     console.print(yardsticks)
+    console.print(f"a run with nothing new, through Airflow: {result['incremental_s']:.1f} s")
     console.print(f"peak memory: hub {result['peak_rss_mb']:,.0f} MB, largest sandbox service "
                   f"{result['sandbox_peak_rss_mb']:,.0f} MB; population database latency "
                   f"{result['population_latency_ms']:.0f} ms per call")

@@ -17,9 +17,10 @@ NAIVE_SAMPLE = 200
 
 def bench(records: int, sample: int | None = None, home: Path | None = None,
           on_note: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Seed ``records`` dossiers and run the route over them, read them again for the floor, then
-    seed a sample of fresh ones and push those the naive way (fresh, so the portal does the same
-    work for them as for the route's: no answer is a duplicate)."""
+    """Seed ``records`` dossiers and run the route over them, read them again for the floor, run
+    the route through Airflow with nothing new, then seed a sample of fresh ones and push those
+    the naive way (fresh, so the portal does the same work for them as for the route's: no answer
+    is a duplicate)."""
     sample = min(records, NAIVE_SAMPLE) if sample is None else sample
     with quiet(), world.private_world(POPULATION_LATENCY_MS, home):
         on_note(f"seeding {records:,} dossiers")
@@ -28,10 +29,12 @@ def bench(records: int, sample: int | None = None, home: Path | None = None,
         full = measure.full_run(world.ROUTE)
         on_note("the floor: ODBC, canonical JSON, SHA-256")
         floor = measure.floor(world.ROUTE)
+        on_note("a run with nothing new, through Airflow")
+        idle = measure.incremental(world.ROUTE)
         on_note(f"the naive way, on {sample:,} fresh dossiers")
         world.seed(sample, fresh=True)
         naive = measure.naive(world.ROUTE)
-    return figures(full, naive, floor)
+    return figures(full, naive, floor, idle)
 
 
 @contextmanager
@@ -45,7 +48,8 @@ def quiet() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
-def figures(full: measure.Timing, naive: measure.Timing, floor: measure.Timing) -> dict[str, Any]:
+def figures(full: measure.Timing, naive: measure.Timing, floor: measure.Timing,
+            idle: measure.Timing) -> dict[str, Any]:
     return {
         "records": full.records,
         "wall_s": round(full.seconds, 3),
@@ -61,4 +65,5 @@ def figures(full: measure.Timing, naive: measure.Timing, floor: measure.Timing) 
         "naive_ratio": round(full.per_s / naive.per_s, 2) if naive.per_s else None,
         "floor": {"records": floor.records, "seconds": round(floor.seconds, 3), "records_per_s": round(floor.per_s, 1)},
         "floor_ratio": round(full.seconds / floor.seconds, 2) if floor.seconds else None,
+        "incremental_s": round(idle.seconds, 3),
     }
