@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import datetime as dt
+from functools import lru_cache
 from typing import Any, Sequence
 
 import jwt
@@ -98,8 +100,17 @@ class Signer:
 
 
 def unverified_header(jws: str) -> dict[str, Any]:
-    """The protected header, read without checking anything: to index or display, never to trust."""
-    return _JWS.get_unverified_header(jws)
+    """The protected header, read without checking anything: to index or display, never to trust.
+
+    Every record a key signs carries the same header, its certificate chain included, and the
+    record stage reads it for each record, twice: decoded once per header, not once per record.
+    """
+    return copy.deepcopy(_header_of(jws.partition(".")[0]))
+
+
+@lru_cache(maxsize=64)
+def _header_of(segment: str) -> dict[str, Any]:
+    return _JWS.get_unverified_header(f"{segment}..")
 
 
 def _parse_chain(x5c: Any) -> list[x509.Certificate]:
