@@ -180,7 +180,9 @@ class Ledger:
         if run is None:
             raise LedgerError(f"run {run_id} was never started")
         if leaves is None:
-            leaves = b"".join(outcome_leaf(record) for record in records)
+            leaves = bytearray()  # not b"".join: that lists every hash as an object first
+            for record in records:
+                leaves += outcome_leaf(record)
         tree = merkle.Tree.from_packed(leaves)
         settled_at = _now()
         cursor = cursor_after.model_dump() if cursor_after else None
