@@ -51,7 +51,7 @@ def test_roots_match_certificate_transparency(n: int) -> None:
 def test_audit_paths_match_certificate_transparency(index: int, size: int, path: list[str]) -> None:
     tree = merkle.Tree(_leaves(size))
     assert [p.hex() for p in tree.proof(index)] == path
-    assert merkle.verify_inclusion(tree.levels[0][index], index, size, tree.proof(index), tree.root)
+    assert merkle.verify_inclusion(tree.leaf(index), index, size, tree.proof(index), tree.root)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 16, 33, 100])

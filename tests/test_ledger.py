@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Iterator
 
-from lienthong.audit.ledger import ACKNOWLEDGED, FAILED, PENDING, QUARANTINED, SUCCESS, Ledger
+import pytest
+
+from lienthong.audit import ledger as ledger_module
+from lienthong.audit import manifest, merkle
+from lienthong.audit.ledger import (ACKNOWLEDGED, FAILED, PENDING, QUARANTINED, SUCCESS, Ledger, LedgerError,
+                                    outcome_leaf)
 from lienthong.connectors.streams import Cursor
 
 
@@ -51,3 +57,109 @@ def test_settling_again_replaces_the_outcomes_instead_of_doubling_them(state_db_
     ledger.settle("run-1", [_outcome("A-1", PENDING)], FAILED, None, {}, {})
     ledger.settle("run-1", [_outcome("A-1", ACKNOWLEDGED, "v")], SUCCESS, None, {}, {})
     assert [o["outcome"] for o in ledger.outcomes("run-1")] == [ACKNOWLEDGED]
+
+
+def _mth(leaves: list[bytes]) -> bytes:
+    """RFC 6962 MTH by its recursive definition: a reference independent of merkle.Tree."""
+    if len(leaves) == 1:
+        return leaves[0]
+    k = 1 << (len(leaves) - 1).bit_length() - 1
+    return merkle.node_hash(_mth(leaves[:k]), _mth(leaves[k:]))
+
+
+def _path(index: int, leaves: list[bytes]) -> list[bytes]:
+    """RFC 6962 PATH by its recursive definition, nearest sibling first."""
+    if len(leaves) == 1:
+        return []
+    k = 1 << (len(leaves) - 1).bit_length() - 1
+    if index < k:
+        return _path(index, leaves[:k]) + [_mth(leaves[k:])]
+    return _path(index - k, leaves[k:]) + [_mth(leaves[:k])]
+
+
+def _mixed_outcomes(n: int) -> list[dict]:
+    kinds = (ACKNOWLEDGED, QUARANTINED, PENDING)
+    records = [_outcome(f"A-{i}", kinds[i % 3], f"v{i}" if i % 3 == 0 else None) for i in range(n)]
+    for record in records[::3]:  # deterministic, and in local time: stored and hashed in UTC
+        record["acked_at"] = dt.datetime(2026, 3, 1, 9, 30, tzinfo=dt.timezone(dt.timedelta(hours=7)))
+    for record in records[1:2]:  # a message quoting a citizen id, masked before it is hashed
+        record["reasons"] = [{"field": "cccd", "rule": "r", "message": "cccd 001203004005 is not known"}]
+    return records
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 13])
+def test_settled_outcomes_leaves_proofs_and_root_match_an_independent_computation(
+        state_db_url: str, size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ledger_module, "INSERT_CHUNK", 3)  # several chunks, the last one short
+    ledger = Ledger(state_db_url)
+    ledger.start_run("run-1", "r", None, None, None)
+    records = _mixed_outcomes(size)
+    ledger.settle("run-1", records, FAILED, None, {"pulled": size}, {})
+
+    stored = ledger.outcomes("run-1")
+    assert [r["record_key"] for r in stored] == [r["record_key"] for r in records]
+    assert [r["leaf_index"] for r in stored] == list(range(size))
+    assert "001203004005" not in str([r["reasons"] for r in stored])
+    leaves = [merkle.leaf_hash(manifest.leaf_bytes(row)) for row in stored]
+    assert [r["leaf_hash"] for r in stored] == [leaf.hex() for leaf in leaves]
+    root = _mth(leaves)
+    assert ledger.manifest("run-1")["merkle_root"] == root.hex()
+    assert ledger.manifest("run-1")["tree_size"] == size
+    for i, row in enumerate(stored):
+        assert row["proof"] == [p.hex() for p in _path(i, leaves)]
+        assert merkle.verify_inclusion(leaves[i], i, size, [bytes.fromhex(p) for p in row["proof"]], root)
+
+
+class _Outcomes:
+    """A re-iterable like the record stage's: recomputes its outcomes each time it is gone through."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.passes = n, 0
+
+    def __iter__(self) -> Iterator[dict]:
+        self.passes += 1  # counted once gone through, not when merely asked for an iterator
+        yield from _mixed_outcomes(self.n)
+
+
+def test_a_re_iterable_settles_as_a_list_does_with_or_without_its_leaves(state_db_url: str) -> None:
+    ledger = Ledger(state_db_url)
+    for run_id in ("list", "re-iterable", "with-leaves"):
+        ledger.start_run(run_id, run_id, None, None, None)  # a route each: three chains of one
+    ledger.settle("list", _mixed_outcomes(11), FAILED, None, {}, {})
+    twice = _Outcomes(11)
+    ledger.settle("re-iterable", twice, FAILED, None, {}, {})
+    once = _Outcomes(11)
+    ledger.settle("with-leaves", once, FAILED, None, {}, {},
+                  leaves=b"".join(outcome_leaf(r) for r in _mixed_outcomes(11)))
+    assert (twice.passes, once.passes) == (2, 1)
+
+    def stored(run_id: str) -> list[tuple]:
+        return [(r["record_key"], r["leaf_index"], r["leaf_hash"], r["proof"]) for r in ledger.outcomes(run_id)]
+
+    assert stored("list") == stored("re-iterable") == stored("with-leaves")
+    assert len({ledger.manifest(run_id)["merkle_root"] for run_id in ("list", "re-iterable", "with-leaves")}) == 1
+
+
+def test_an_iterator_is_refused_rather_than_found_empty_on_the_second_pass(state_db_url: str) -> None:
+    ledger = Ledger(state_db_url)
+    ledger.start_run("run-1", "r", None, None, None)
+    with pytest.raises(TypeError, match="re-iterable"):
+        ledger.settle("run-1", (r for r in _mixed_outcomes(3)), FAILED, None, {}, {})
+    assert ledger.run("run-1")["finished_at"] is None
+
+
+@pytest.mark.parametrize("change", ["another record", "one more", "one fewer"])
+def test_records_that_change_between_the_passes_fail_the_settle_and_leave_the_last_one(
+        state_db_url: str, change: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ledger_module, "INSERT_CHUNK", 2)  # the mismatch comes after a chunk went in
+    ledger = Ledger(state_db_url)
+    ledger.start_run("run-1", "r", None, None, None)
+    ledger.settle("run-1", [_outcome("A-1", PENDING)], FAILED, None, {"pulled": 1}, {})
+    before = (ledger.outcomes("run-1"), ledger.manifest("run-1"), ledger.run("run-1"))
+    first = _mixed_outcomes(5)
+    second = {"another record": first[:4] + [_outcome("B-9", PENDING)], "one more": _mixed_outcomes(6),
+              "one fewer": first[:4]}[change]
+    with pytest.raises(LedgerError, match="changed between the two passes"):
+        ledger.settle("run-1", second, SUCCESS, None, {"pulled": 5}, {},
+                      leaves=b"".join(outcome_leaf(r) for r in first))
+    assert (ledger.outcomes("run-1"), ledger.manifest("run-1"), ledger.run("run-1")) == before

@@ -13,8 +13,9 @@ recomputes all of it from these tables (lienthong.audit.verify).
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from functools import lru_cache
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from sqlalchemy import (JSON, Column, DateTime, Index, Integer, LargeBinary, MetaData, String, Table, Text,
                         UniqueConstraint, create_engine, insert, select, update)
@@ -85,6 +86,10 @@ run_manifests = Table(
 )
 
 
+# Rows per INSERT: few round trips, and a chunk's rows with their proofs stay small in memory.
+INSERT_CHUNK = 5000
+
+
 class LedgerError(RuntimeError):
     """A change the ledger refuses because it would rewrite sealed history."""
 
@@ -150,7 +155,7 @@ class Ledger:
     def settle(self, run_id: str, records: Iterable[dict[str, Any]], status: str,
                cursor_after: Cursor | None, counts: dict[str, Any],
                reasons: dict[str, int], *, facts: dict[str, Any] | None = None,
-               seal: manifest.Sealer | None = None) -> None:
+               seal: manifest.Sealer | None = None, leaves: bytes | bytearray | None = None) -> None:
         """Every record's outcome, the run's close and its manifest in one transaction.
 
         Record ``i`` becomes leaf ``i`` of the run's tree and keeps its audit path. ``facts``
@@ -158,15 +163,27 @@ class Ledger:
         time-stamps it (without one the manifest is stored unsigned and verify says so). A
         retried settle takes the place in the chain its first attempt took, so the chain never
         forks; re-settling a run that later runs already chain to is refused.
+
+        ``records`` is gone through twice, so that a run's outcomes never sit in memory all at
+        once (a stored row with its proof costs kilobytes; a million records would not fit): once
+        for the leaf hashes the tree is built from, once to store each outcome with its audit
+        path, a chunk at a time. Pass a list, or a re-iterable that yields the same outcomes each
+        time (a run's, recomputed from its staging); a one-shot iterator is refused, not found
+        empty the second time. ``leaves``, every record's :func:`outcome_leaf` laid end to end,
+        spares the first pass to a caller that has already gone through the records. Either way
+        each stored record is checked against the leaf it gets a proof for, so records that
+        changed between the passes fail the settle instead of sealing proofs that lead nowhere.
         """
+        if iter(records) is records:
+            raise TypeError("settle goes through the records twice: pass a list or a re-iterable, not an iterator")
         run = self.run(run_id)
         if run is None:
             raise LedgerError(f"run {run_id} was never started")
-        rows = [{"run_id": run_id, "route": run["route"], **_outcome_row(record)} for record in records]
-        tree = merkle.Tree([merkle.leaf_hash(manifest.leaf_bytes(row)) for row in rows])
-        for index, row in enumerate(rows):
-            row.update(leaf_index=index, leaf_hash=tree.levels[0][index].hex(),
-                       proof=[p.hex() for p in tree.proof(index)])
+        if leaves is None:
+            leaves = bytearray()  # not b"".join: that lists every hash as an object first
+            for record in records:
+                leaves += outcome_leaf(record)
+        tree = merkle.Tree.from_packed(leaves)
         settled_at = _now()
         cursor = cursor_after.model_dump() if cursor_after else None
         with self.engine.begin() as conn:
@@ -178,8 +195,9 @@ class Ledger:
                 facts=facts or {}))
             sealed = seal(text.encode("utf-8")) if seal else None
             conn.execute(outcomes.delete().where(outcomes.c.run_id == run_id))
-            for start in range(0, len(rows), 5000):
-                conn.execute(insert(outcomes), rows[start : start + 5000])
+            rows = _leaf_rows(run_id, run["route"], records, tree)
+            while chunk := list(itertools.islice(rows, INSERT_CHUNK)):
+                conn.execute(insert(outcomes), chunk)
             conn.execute(update(runs).where(runs.c.run_id == run_id).values(
                 finished_at=settled_at, status=status, cursor_after=cursor,
                 counts=counts, quarantine_reasons=reasons,
@@ -250,6 +268,31 @@ def _outcome_row(record: dict[str, Any]) -> dict[str, Any]:
     if row["acked_at"] is not None:
         row["acked_at"] = dt.datetime.fromisoformat(manifest.utc_text(row["acked_at"]).replace("Z", "+00:00"))
     return row
+
+
+def outcome_leaf(record: dict[str, Any]) -> bytes:
+    """The Merkle leaf an outcome becomes when settled: the hash of its fields as stored (masked)."""
+    return _row_leaf(_outcome_row(record))
+
+
+def _row_leaf(row: dict[str, Any]) -> bytes:
+    return merkle.leaf_hash(manifest.leaf_bytes(row))
+
+
+def _leaf_rows(run_id: str, route: str, records: Iterable[dict[str, Any]], tree: merkle.Tree) -> Iterator[dict[str, Any]]:
+    """The stored rows of ``records``, each with its place in ``tree`` and its audit path."""
+    index = -1
+    for index, record in enumerate(records):
+        row = _outcome_row(record)
+        leaf = _row_leaf(row)
+        if index >= tree.size or leaf != tree.leaf(index):
+            raise LedgerError(f"run {run_id}: record {index} is not the one hashed into the run's tree "
+                              "(the records changed between the two passes of the settle)")
+        yield {"run_id": run_id, "route": route, **row, "leaf_index": index, "leaf_hash": leaf.hex(),
+               "proof": [p.hex() for p in tree.proof(index)]}
+    if index + 1 != tree.size:
+        raise LedgerError(f"run {run_id}: {index + 1} records stored but {tree.size} hashed into the run's tree "
+                          "(the records changed between the two passes of the settle)")
 
 
 def _place_in_chain(conn: Connection, run_id: str, route: str) -> tuple[int, str | None]:

@@ -10,8 +10,9 @@ every leaf's audit path read from it, instead of recursing once per leaf.
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from typing import Iterable, Sequence
 
+HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
 
@@ -24,24 +25,41 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 
 
 class Tree:
-    """All levels of the tree over some leaf hashes, for the root and every audit path."""
+    """All levels of the tree over some leaf hashes, for the root and every audit path.
 
-    def __init__(self, leaf_hashes: Sequence[bytes]) -> None:
-        self.levels: list[list[bytes]] = [list(leaf_hashes)]
-        while len(self.levels[-1]) > 1:
-            below = self.levels[-1]
-            above = [node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)]
-            if len(below) % 2:
-                above.append(below[-1])
+    Each level is one packed ``bytes`` of 32-byte hashes rather than a list of ``bytes`` objects:
+    a run of a million records then holds 64 MB of tree instead of several times that in object
+    headers, which is what lets a run be settled in memory flat in its size.
+    """
+
+    def __init__(self, leaf_hashes: Iterable[bytes]) -> None:
+        self.levels: list[bytes] = [b"".join(leaf_hashes)]
+        if len(self.levels[0]) % HASH_SIZE:
+            raise ValueError(f"leaf hashes must be {HASH_SIZE} bytes each")
+        while len(self.levels[-1]) > HASH_SIZE:
+            below = memoryview(self.levels[-1])
+            pairs = len(below) // (2 * HASH_SIZE)
+            above = b"".join(hashlib.sha256(b"\x01" + below[2 * HASH_SIZE * i : 2 * HASH_SIZE * (i + 1)]).digest()
+                             for i in range(pairs))
+            if len(below) % (2 * HASH_SIZE):
+                above += below[-HASH_SIZE:]
             self.levels.append(above)
+
+    @classmethod
+    def from_packed(cls, leaf_hashes: bytes | bytearray) -> Tree:
+        """The tree over leaf hashes laid end to end, as a settle collects them."""
+        return cls([bytes(leaf_hashes)])
 
     @property
     def size(self) -> int:
-        return len(self.levels[0])
+        return len(self.levels[0]) // HASH_SIZE
 
     @property
     def root(self) -> bytes:
-        return self.levels[-1][0] if self.size else EMPTY_ROOT
+        return self.levels[-1] if self.size else EMPTY_ROOT
+
+    def leaf(self, index: int) -> bytes:
+        return _at(self.levels[0], index)
 
     def proof(self, index: int) -> list[bytes]:
         """The audit path of leaf ``index`` (RFC 6962 PATH), nearest sibling first."""
@@ -50,13 +68,17 @@ class Tree:
         path = []
         for level in self.levels[:-1]:
             sibling = index ^ 1
-            if sibling < len(level):
-                path.append(level[sibling])
+            if sibling < len(level) // HASH_SIZE:
+                path.append(_at(level, sibling))
             index >>= 1
         return path
 
 
-def root(leaf_hashes: Sequence[bytes]) -> bytes:
+def _at(level: bytes, index: int) -> bytes:
+    return level[HASH_SIZE * index : HASH_SIZE * (index + 1)]
+
+
+def root(leaf_hashes: Iterable[bytes]) -> bytes:
     return Tree(leaf_hashes).root
 
 

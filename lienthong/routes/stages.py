@@ -13,9 +13,9 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from lienthong.audit.ledger import (ACKNOWLEDGED, FAILED, PENDING, QUARANTINED, SUCCESS, Ledger)
+from lienthong.audit.ledger import (ACKNOWLEDGED, FAILED, PENDING, QUARANTINED, SUCCESS, Ledger, outcome_leaf)
 from lienthong.audit.manifest import platform_sealer, route_facts
 from lienthong.connectors.streams import Cursor
 from lienthong.gates import gate
@@ -24,7 +24,7 @@ from lienthong.mappings.engine import MappingEngine
 from lienthong.routes.route import Route, get_route
 from lienthong.settings import settings
 from lienthong.signing.canonical import content_hash
-from lienthong.signing.jws import unverified_header
+from lienthong.signing.jws import signer_thumbprint
 from lienthong.signing.records import SIGNATURE, VERSION, seal
 from lienthong.staging import STAGES, RunStaging, StageDir, purge_route
 
@@ -327,31 +327,27 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
     run = ledger.run(run_id)
     if run is None:
         raise RunIncomplete(f"run {run_id} never started: extract did not run")
-    stages = {name: staging.stage(name) for name in ("extract", "map", "gate", "sign", "push")}
+    outcomes = _RunOutcomes(route, staging)
     stuck = False  # a pending record was met: the cursor moves no further
     last_settled = Cursor.model_validate(run["cursor_before"]) if run["cursor_before"] else None
     counts = dict.fromkeys(("pulled", "quarantined", "pushed", "acknowledged", "already_acknowledged",
                             "duplicates", "rejected", "pending"), 0)
     reasons: dict[str, int] = {}
-    outcomes: list[dict[str, Any]] = []
-    for index in stages["extract"].parts():
-        rows = stages["extract"].read_part(index)
-        parts = {name: _part_or_nulls(stages[name], index, len(rows)) for name in ("map", "gate", "sign", "push")}
-        for n, row in enumerate(rows):
-            outcome = _outcome(route, row, parts["map"][n], parts["gate"][n], parts["sign"][n], parts["push"][n])
-            outcomes.append(outcome)
-            counts["pulled"] += 1
-            _count(counts, reasons, outcome)
-            if outcome["outcome"] == PENDING:
-                stuck = True
-            elif not stuck:
-                last_settled = Cursor.model_validate(row["cursor"])
+    leaves = bytearray()  # what stays of each outcome until the settle: its 32-byte leaf hash
+    for row, outcome in outcomes.with_rows():
+        leaves += outcome_leaf(outcome)
+        counts["pulled"] += 1
+        _count(counts, reasons, outcome)
+        if outcome["outcome"] == PENDING:
+            stuck = True
+        elif not stuck:
+            last_settled = Cursor.model_validate(row["cursor"])
     done = {name: staging.stage(name) for name in STAGES if staging.stage(name).done}
     counts["stages"] = {name: stage.counts() for name, stage in done.items()}
     complete = len(done) == len(STAGES)
     status = SUCCESS if complete and counts["pending"] == 0 else FAILED
     ledger.settle(run_id, outcomes, status, last_settled, counts, reasons,
-                  facts=route_facts(route), seal=platform_sealer(settings().keys_dir))
+                  facts=route_facts(route), seal=platform_sealer(settings().keys_dir), leaves=leaves)
     log.info("run %s settled: %s", run_id, counts)
     if status == SUCCESS:
         purge_route(settings().staging_dir, route.name)
@@ -359,6 +355,28 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
     raise RunIncomplete(
         f"run {run_id}: {counts['pending']} of {counts['pulled']} records pending"
         f"{'' if complete else ' (a stage did not finish)'}; they are pulled again by the next run")
+
+
+class _RunOutcomes:
+    """Every pulled record's outcome, recomputed from the run's staging each time it is gone
+    through: a large run's outcomes do not fit in memory, so :func:`record` goes through them
+    once for the counts and leaf hashes and the settle once more to store them (outcomes depend
+    on nothing but the staged parts, so both passes see the same)."""
+
+    def __init__(self, route: Route, staging: RunStaging) -> None:
+        self.route = route
+        self.stages = {name: staging.stage(name) for name in ("extract", "map", "gate", "sign", "push")}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (outcome for _, outcome in self.with_rows())
+
+    def with_rows(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """(extracted row, outcome) pairs, in pull order, one staged part in memory at a time."""
+        for index in self.stages["extract"].parts():
+            rows = self.stages["extract"].read_part(index)
+            parts = {name: _part_or_nulls(self.stages[name], index, len(rows)) for name in ("map", "gate", "sign", "push")}
+            for n, row in enumerate(rows):
+                yield row, _outcome(self.route, row, parts["map"][n], parts["gate"][n], parts["sign"][n], parts["push"][n])
 
 
 def _outcome(route: Route, extracted: dict[str, Any], mapped: dict[str, Any] | None,
@@ -378,7 +396,7 @@ def _outcome(route: Route, extracted: dict[str, Any], mapped: dict[str, Any] | N
         return {**out, "outcome": QUARANTINED, "reasons": verdict["reasons"]}
     if sealed is not None:
         out.update(version=sealed[VERSION], signature=sealed[SIGNATURE],
-                   signer=unverified_header(sealed[SIGNATURE]).get("x5t#S256"))
+                   signer=signer_thumbprint(sealed[SIGNATURE]))
     if ack is None:
         return {**out, "outcome": PENDING}
     out.update(ack_code=ack["error_code"], ack_status=ack["status"])

@@ -126,9 +126,16 @@ def _header(segment: str) -> dict[str, Any]:
     return header
 
 
-def unverified_header(jws: str) -> dict[str, Any]:
-    """The protected header, read without checking anything: to index or display, never to trust."""
-    return _header(jws.split(".", 1)[0])
+def signer_thumbprint(jws: str) -> str | None:
+    """The ``x5t#S256`` the header names, read without checking anything: to index, never to trust."""
+    return _named_signer(jws.split(".", 1)[0])
+
+
+@lru_cache(maxsize=64)
+def _named_signer(header: str) -> str | None:
+    """Cached: every record a key signs carries the same header, its chain included, and the record
+    stage asks for each record twice."""
+    return _header(header).get("x5t#S256")
 
 
 def _parse_chain(x5c: Any) -> list[x509.Certificate]:
