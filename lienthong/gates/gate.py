@@ -100,16 +100,10 @@ def evaluate(records: Sequence[dict[str, Any]], suite_file: str) -> list[Verdict
         return []
     frame = pd.DataFrame.from_records([r["payload"] for r in records])
     suite_reasons = suite_gate(suite_file).failures(frame)
-    subjects = pd.DataFrame.from_records([r.get("subject") or {} for r in records],
-                                         columns=["personal_id", "full_name", "date_of_birth", "gender"])
-    broken = personal_id.check_frame(subjects["personal_id"], subjects["date_of_birth"], subjects["gender"])
+    id_reasons = _personal_id_reasons(records)
     verdicts = []
-    for position, record in enumerate(records):
-        reasons = list(record.get("errors") or [])
-        reasons += suite_reasons[position]
-        for rule in broken.columns[broken.iloc[position].to_numpy()]:
-            field_name, message = personal_id.RULES[rule]
-            reasons.append({"field": field_name, "rule": rule, "message": f"{field_name}: {message}"})
+    for record, from_suite, from_id in zip(records, suite_reasons, id_reasons, strict=True):
+        reasons = list(record.get("errors") or []) + from_suite + from_id
         verification = record.get("verification")
         if verification is not None:
             reasons += _verification_reasons(record.get("subject") or {}, verification)
@@ -121,6 +115,23 @@ def evaluate(records: Sequence[dict[str, Any]], suite_file: str) -> list[Verdict
         else:
             verdicts.append(Verdict(PASS))
     return verdicts
+
+
+def _personal_id_reasons(records: Sequence[dict[str, Any]]) -> list[list[dict[str, str]]]:
+    """Per row (by position), the personal-ID rules its subject breaks, in the rules' order.
+
+    The rules' flags are read once as one boolean array: picking each record's row out of the
+    DataFrame (``iloc``) cost ~17 µs a record, more than all the rules themselves.
+    """
+    subjects = pd.DataFrame.from_records([r.get("subject") or {} for r in records],
+                                         columns=["personal_id", "full_name", "date_of_birth", "gender"])
+    broken = personal_id.check_frame(subjects["personal_id"], subjects["date_of_birth"], subjects["gender"])
+    rules = list(broken.columns)
+    reasons: list[list[dict[str, str]]] = [[] for _ in range(len(broken))]
+    for row, column in zip(*broken.to_numpy(dtype=bool).nonzero()):
+        field_name, message = personal_id.RULES[rules[column]]
+        reasons[row].append({"field": field_name, "rule": rules[column], "message": f"{field_name}: {message}"})
+    return reasons
 
 
 def _verification_reasons(subject: dict[str, Any], verification: dict[str, Any]) -> list[dict[str, str]]:
