@@ -21,6 +21,9 @@ from lienthong.gates import personal_id
 PASS, QUARANTINE, PENDING = "pass", "quarantine", "pending"
 # What the population database says, as the reason a record is held back.
 _SUBJECT_FIELD = {"full_name": "ChuHoSo", "date_of_birth": "MaDoiTuong", "gender": "MaDoiTuong"}
+# Every failing row's index (COMPLETE), but not the query that would select those rows again:
+# building it filters the whole DataFrame once more per expectation, a third of the row filtering.
+_INDICES_ONLY = {"result_format": "COMPLETE", "return_unexpected_index_query": False}
 
 
 @dataclass
@@ -60,7 +63,7 @@ class SuiteGate:
         """
         frame = frame.reindex(columns=self.columns).reset_index(drop=True)
         batch = self._batches.get_batch(batch_parameters={"dataframe": frame})
-        result = batch.validate(self.suite, result_format={"result_format": "COMPLETE"})
+        result = batch.validate(self.suite, result_format=_INDICES_ONLY)
         reasons: list[list[dict[str, str]]] = [[] for _ in range(len(frame))]
         for outcome in result.results:
             info = outcome.exception_info or {}
