@@ -21,6 +21,9 @@ from lienthong.gates import personal_id
 PASS, QUARANTINE, PENDING = "pass", "quarantine", "pending"
 # What the population database says, as the reason a record is held back.
 _SUBJECT_FIELD = {"full_name": "ChuHoSo", "date_of_birth": "MaDoiTuong", "gender": "MaDoiTuong"}
+# Every failing row's index (COMPLETE), but not the query that would select those rows again:
+# building it filters the whole DataFrame once more per expectation, a third of the row filtering.
+_INDICES_ONLY = {"result_format": "COMPLETE", "return_unexpected_index_query": False}
 
 
 @dataclass
@@ -51,10 +54,16 @@ class SuiteGate:
         })
 
     def failures(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:
-        """Per row (by position), the reasons the suite gives."""
-        frame = frame.reindex(columns=sorted(set(frame.columns) | set(self.columns))).reset_index(drop=True)
+        """Per row (by position), the reasons the suite gives.
+
+        Only the columns the suite names are handed over: great-expectations fingerprints the
+        whole DataFrame (pickling it when a column holds lists, like the attachments) and copies
+        every column each time it filters rows for an expectation, so a column no expectation
+        reads only costs time. A column the suite names but the records lack is added, empty.
+        """
+        frame = frame.reindex(columns=self.columns).reset_index(drop=True)
         batch = self._batches.get_batch(batch_parameters={"dataframe": frame})
-        result = batch.validate(self.suite, result_format={"result_format": "COMPLETE"})
+        result = batch.validate(self.suite, result_format=_INDICES_ONLY)
         reasons: list[list[dict[str, str]]] = [[] for _ in range(len(frame))]
         for outcome in result.results:
             info = outcome.exception_info or {}
@@ -100,16 +109,10 @@ def evaluate(records: Sequence[dict[str, Any]], suite_file: str) -> list[Verdict
         return []
     frame = pd.DataFrame.from_records([r["payload"] for r in records])
     suite_reasons = suite_gate(suite_file).failures(frame)
-    subjects = pd.DataFrame.from_records([r.get("subject") or {} for r in records],
-                                         columns=["personal_id", "full_name", "date_of_birth", "gender"])
-    broken = personal_id.check_frame(subjects["personal_id"], subjects["date_of_birth"], subjects["gender"])
+    id_reasons = _personal_id_reasons(records)
     verdicts = []
-    for position, record in enumerate(records):
-        reasons = list(record.get("errors") or [])
-        reasons += suite_reasons[position]
-        for rule in broken.columns[broken.iloc[position].to_numpy()]:
-            field_name, message = personal_id.RULES[rule]
-            reasons.append({"field": field_name, "rule": rule, "message": f"{field_name}: {message}"})
+    for record, from_suite, from_id in zip(records, suite_reasons, id_reasons, strict=True):
+        reasons = list(record.get("errors") or []) + from_suite + from_id
         verification = record.get("verification")
         if verification is not None:
             reasons += _verification_reasons(record.get("subject") or {}, verification)
@@ -121,6 +124,23 @@ def evaluate(records: Sequence[dict[str, Any]], suite_file: str) -> list[Verdict
         else:
             verdicts.append(Verdict(PASS))
     return verdicts
+
+
+def _personal_id_reasons(records: Sequence[dict[str, Any]]) -> list[list[dict[str, str]]]:
+    """Per row (by position), the personal-ID rules its subject breaks, in the rules' order.
+
+    The rules' flags are read once as one boolean array: picking each record's row out of the
+    DataFrame (``iloc``) cost ~17 µs a record, more than all the rules themselves.
+    """
+    subjects = pd.DataFrame.from_records([r.get("subject") or {} for r in records],
+                                         columns=["personal_id", "full_name", "date_of_birth", "gender"])
+    broken = personal_id.check_frame(subjects["personal_id"], subjects["date_of_birth"], subjects["gender"])
+    rules = list(broken.columns)
+    reasons: list[list[dict[str, str]]] = [[] for _ in range(len(broken))]
+    for row, column in zip(*broken.to_numpy(dtype=bool).nonzero()):
+        field_name, message = personal_id.RULES[rules[column]]
+        reasons[row].append({"field": field_name, "rule": rules[column], "message": f"{field_name}: {message}"})
+    return reasons
 
 
 def _verification_reasons(subject: dict[str, Any], verification: dict[str, Any]) -> list[dict[str, str]]:
