@@ -10,6 +10,7 @@ two routes' runs start in the same scheduler loop, so the two first tasks are ha
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -23,7 +24,7 @@ from typing import Any, Callable, Iterator
 import pyodbc
 import pytest
 import requests
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from lienthong import distributed
 from lienthong.audit.ledger import PENDING, Ledger
@@ -44,7 +45,7 @@ POSTGRES = "postgresql+psycopg://lienthong:lienthong@127.0.0.1:5432"
 METADATA_DB = f"{POSTGRES}/lienthong_scaleout_airflow"  # scripts/ensure-postgres.sh makes both
 STATE_DB = f"{POSTGRES}/lienthong_scaleout_state"
 # The test triggers its runs: the routes' own schedules would add runs of their own.
-TEST_SETTINGS = {"AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False", "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1"}
+TEST_SETTINGS = {"AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"}
 TIMEOUT_S = 240
 
 
@@ -117,12 +118,20 @@ def airflow(*args: str) -> list[str]:
     return [sys.executable, "-m", "airflow", *args]
 
 
-def empty_database(url: str) -> None:
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
+@pytest.fixture
+def metadata() -> Iterator[Engine]:
+    """Airflow's metadata database, to be read by the test; it and the state database start empty."""
+    for url in (METADATA_DB, STATE_DB):
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+        engine.dispose()
+    engine = create_engine(METADATA_DB)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def outcomes_by_record(s: Settings, route: str) -> dict[tuple[str, str], tuple[str, str | None, tuple[str, ...]]]:
@@ -138,7 +147,7 @@ def outcomes_by_record(s: Settings, route: str) -> dict[tuple[str, str], tuple[s
     return by_record
 
 
-def tasks_by_worker(engine: Any) -> dict[str, list[str]]:
+def tasks_by_worker(engine: Engine) -> dict[str, list[str]]:
     """Where each task instance ran: worker name -> ``dag_id.task_id[map_index]``."""
     found: dict[str, list[str]] = defaultdict(list)
     with engine.connect() as conn:
@@ -149,16 +158,15 @@ def tasks_by_worker(engine: Any) -> dict[str, list[str]]:
     return dict(found)
 
 
-def run_states(engine: Any) -> dict[str, str]:
+def run_states(engine: Engine) -> dict[str, str]:
     with engine.connect() as conn:
         return dict(conn.execute(text("SELECT dag_id, state FROM dag_run")).all())
 
 
-def test_two_celery_workers_settle_the_ledger_as_the_embedded_run_does(tmp_path: Path, processes: Processes) -> None:
+def test_two_celery_workers_settle_the_ledger_as_the_embedded_run_does(tmp_path: Path, processes: Processes,
+                                                                       metadata: Engine) -> None:
     if not REDIS_SERVER.exists():
         pytest.skip(f"{REDIS_SERVER} is missing: make setup installs Debian's redis-server")
-    for url in (METADATA_DB, STATE_DB):
-        empty_database(url)
     broker_port, api_port = free_port(), free_port()
     api = f"http://127.0.0.1:{api_port}"
     deployment = distributed.Deployment(metadata_db=METADATA_DB, state_db=STATE_DB,
@@ -168,7 +176,6 @@ def test_two_celery_workers_settle_the_ledger_as_the_embedded_run_does(tmp_path:
                               "--save", "", "--appendonly", "no"], os.environ.copy())
     migrate = processes.start("db-migrate", airflow("db", "migrate"), distributed.environment(
         Settings(home=tmp_path / "distributed", state_db_url=STATE_DB), deployment))
-    metadata = create_engine(METADATA_DB)
     with world(tmp_path / "distributed", SEED, ("so-tu-phap.yaml",), state_db=STATE_DB) as w:
         assert migrate.wait(timeout=120) == 0, processes.tails()
         del processes.started["db-migrate"]
@@ -208,10 +215,9 @@ def test_two_celery_workers_settle_the_ledger_as_the_embedded_run_does(tmp_path:
             assert got[route] == expected[route], route
         audit = verify_runs(Ledger(STATE_DB), keys_dir=w.settings.keys_dir)
         assert (audit.problems, audit.runs_checked) == ([], len(ROUTES))
-    metadata.dispose()
 
 
-def trigger_together(processes: Processes, api: str, s: Settings, metadata: Any) -> None:
+def trigger_together(processes: Processes, api: str, s: Settings, metadata: Engine) -> None:
     """One run of each route, once the DAGs are parsed and both workers listen: triggered while
     paused, unpaused together, so that both runs start in one scheduler loop."""
     headers = {"Authorization": f"Bearer {processes.wait_for('API token', lambda: _token(api, s))}"}
@@ -228,8 +234,6 @@ def trigger_together(processes: Processes, api: str, s: Settings, metadata: Any)
 
 def _token(api: str, s: Settings) -> str | None:
     """A token for the API server's generated admin (Airflow's simple auth manager)."""
-    import json
-
     passwords = s.airflow_home / "simple_auth_manager_passwords.json.generated"
     if not passwords.exists():
         return None
@@ -241,6 +245,6 @@ def _token(api: str, s: Settings) -> str | None:
     return answer.json()["access_token"] if answer.status_code in (200, 201) else None
 
 
-def _parsed(metadata: Any) -> set[str]:
+def _parsed(metadata: Engine) -> set[str]:
     with metadata.connect() as conn:
         return {dag_id for (dag_id,) in conn.execute(text("SELECT dag_id FROM serialized_dag"))}
