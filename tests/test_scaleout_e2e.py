@@ -71,7 +71,7 @@ class Processes:
         return "\n".join(f"----- {name} (exit {p.poll()}) -----\n" + "\n".join(self.log(name).splitlines()[-lines:])
                          for name, p in self.started.items())
 
-    def wait_for(self, what: str, ready: Callable[[], Any], timeout: float = 90) -> Any:
+    def wait_for(self, what: str, ready: Callable[[], Any], timeout: float = 180) -> Any:
         """Polls ``ready`` until it answers something true; fails with every log's tail when a
         process died or time ran out."""
         deadline = time.monotonic() + timeout
@@ -200,7 +200,8 @@ def test_two_celery_workers_settle_the_ledger_as_the_embedded_run_does(tmp_path:
             "finished DAG runs",
             lambda: (s := run_states(metadata)) and all(s.get(r) in ("success", "failed") for r in ROUTES) and s,
             timeout=TIMEOUT_S)
-        assert states == {route: "success" for route in ROUTES}, processes.tails()
+        assert states == {route: "success" for route in ROUTES}, \
+            f"{processes.tails()}\ntask logs: {w.settings.logs_dir / 'airflow'}"
 
         by_worker = tasks_by_worker(metadata)
         assert set(by_worker) == set(WORKERS), by_worker
@@ -237,10 +238,10 @@ def _token(api: str, s: Settings) -> str | None:
     passwords = s.airflow_home / "simple_auth_manager_passwords.json.generated"
     if not passwords.exists():
         return None
-    (user, password), = json.loads(passwords.read_text()).items()
     try:
+        [(user, password)] = json.loads(passwords.read_text()).items()
         answer = requests.post(f"{api}/auth/token", json={"username": user, "password": password}, timeout=5)
-    except requests.ConnectionError:
+    except (ValueError, requests.ConnectionError):  # the file half-written, the server not listening yet
         return None
     return answer.json()["access_token"] if answer.status_code in (200, 201) else None
 
