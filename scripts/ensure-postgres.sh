@@ -4,8 +4,10 @@
 set -euo pipefail
 host=127.0.0.1 port=${LIENTHONG_PG_PORT:-5432}
 role=lienthong password=lienthong
-# One database per pytest-xdist worker (make test runs three), and one for a plain pytest run.
-dbs=(lienthong_test lienthong_test_gw0 lienthong_test_gw1 lienthong_test_gw2)
+# One database per pytest-xdist worker (make test runs three), and one for a plain pytest run;
+# the scale-out test's Airflow metadata and state (one such test runs at a time).
+dbs=(lienthong_test lienthong_test_gw0 lienthong_test_gw1 lienthong_test_gw2
+     lienthong_scaleout_airflow lienthong_scaleout_state)
 sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
 
 if ! command -v pg_ctlcluster >/dev/null; then

@@ -33,12 +33,17 @@ class World:
 
 
 @contextmanager
-def world(home: Path, seed_count: int, examples: tuple[str, ...] = ("so-tu-phap.yaml",)) -> Iterator[World]:
+def world(home: Path, seed_count: int, examples: tuple[str, ...] = ("so-tu-phap.yaml",),
+          state_db: str | None = None) -> Iterator[World]:
     """Keys, the sandbox services as processes, a seeded dossier database, the example connectors
-    registered and approved; DAG retries off."""
+    registered and approved; DAG retries off. The state database is SQLite in ``home`` unless
+    ``state_db`` names another."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LIENTHONG_HOME", str(home))
-        mp.delenv("LIENTHONG_STATE_DB", raising=False)
+        if state_db:
+            mp.setenv("LIENTHONG_STATE_DB", state_db)
+        else:
+            mp.delenv("LIENTHONG_STATE_DB", raising=False)
         mp.setenv("LIENTHONG_TASK_RETRIES", "0")
         s = settings()
         init_keys(s.keys_dir)
