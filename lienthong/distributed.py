@@ -23,13 +23,15 @@ class Deployment:
     """The shared facts of one deployment. ``metadata_db`` and ``state_db`` are SQLAlchemy URLs
     (PostgreSQL: SQLite cannot be shared between machines), ``broker_url`` a Celery broker
     (``redis://`` or ``amqp://``), ``api_url`` the API server every worker reaches for the
-    Execution API, ``jwt_secret`` the key all processes sign and check task tokens with."""
+    Execution API, ``jwt_secret`` the key all processes sign and check task tokens with,
+    ``partitions`` how many partitions a run's stages are mapped over (about the workers' slots)."""
 
     metadata_db: str
     state_db: str
     broker_url: str
     api_url: str
     jwt_secret: str
+    partitions: int = 1
 
     def settings(self) -> dict[str, str]:
         """The environment variables every process of the deployment gets (``airflow.cfg`` keys
@@ -46,6 +48,7 @@ class Deployment:
             "AIRFLOW__API_AUTH__JWT_SECRET": self.jwt_secret,
             "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.worker_name",
             "LIENTHONG_STATE_DB": self.state_db,
+            "LIENTHONG_PARTITIONS": str(self.partitions),
         }
 
 

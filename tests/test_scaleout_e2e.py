@@ -1,11 +1,12 @@
 """The dossier and status routes run distributed, by configuration alone: PostgreSQL for Airflow's
 metadata and the ledger, Redis as the Celery broker, an API server, a scheduler, a DAG processor
-and two Celery workers on this machine sharing one data folder. The ledger must come out as the
-embedded run's does, and both workers must have taken tasks.
+and two Celery workers on this machine sharing one data folder, each run in two partitions. The
+ledger must come out as the embedded run's (one partition) does, and both workers must have taken
+partitions.
 
-Both workers take tasks by construction, not by chance: each runs one task at a time and takes
-none in advance (Airflow's Celery defaults: prefetch multiplier 1, late acknowledgement), and the
-two routes' runs start in the same scheduler loop, so the two first tasks are handed out together.
+Both workers take partitions by construction, not by chance: each runs one task at a time and
+takes none in advance (Airflow's Celery defaults: prefetch multiplier 1, late acknowledgement),
+and a stage's two partitions are queued together, so they are handed out one to each worker.
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ def test_two_celery_workers_settle_the_ledger_as_the_embedded_run_does(tmp_path:
     api = f"http://127.0.0.1:{api_port}"
     deployment = distributed.Deployment(metadata_db=METADATA_DB, state_db=STATE_DB,
                                         broker_url=f"redis://127.0.0.1:{broker_port}/0", api_url=api,
-                                        jwt_secret=secrets.token_urlsafe(32))
+                                        jwt_secret=secrets.token_urlsafe(32), partitions=len(WORKERS))
     processes.start("redis", [str(REDIS_SERVER), "--port", str(broker_port), "--bind", "127.0.0.1",
                               "--save", "", "--appendonly", "no"], os.environ.copy())
     migrate = processes.start("db-migrate", airflow("db", "migrate"), distributed.environment(
@@ -205,6 +206,10 @@ def test_two_celery_workers_settle_the_ledger_as_the_embedded_run_does(tmp_path:
 
         by_worker = tasks_by_worker(metadata)
         assert set(by_worker) == set(WORKERS), by_worker
+        for route in ROUTES:  # each run's partitions: both workers took some
+            took = {worker for worker, tasks in by_worker.items()
+                    if any(t.startswith(f"{route}.partition.") and t.endswith("]") for t in tasks)}
+            assert took == set(WORKERS), (route, by_worker)
 
         got = {route: outcomes_by_record(w.settings, route) for route in ROUTES}
         with pyodbc.connect(w.conn_str) as conn:
