@@ -231,6 +231,18 @@ def test_an_expired_session_is_renewed_transparently(tmp_path: Path, signer: Sig
         assert sink._session != first_session
 
 
+def test_a_portal_that_ends_every_session_is_unavailable_and_nothing_is_stored(
+        tmp_path: Path, signer: Signer, trust: TrustStore) -> None:
+    """As a restart loop, or several sinks whose sessions a storm of expiries ends: the batch stays
+    pending for the next run (PortalUnavailable), it is not a refusal of the records."""
+    faults = FaultConfig(expire_sessions_rate=1.0)
+    with portal(tmp_path / "portal.db", trust, faults=faults) as server, sink_for(server.url, max_attempts=3) as sink:
+        with pytest.raises(PortalUnavailable, match="ended the session 4 times in a row"):
+            sink.push([seal(dossier(1), signer)])
+        assert requests.get(f"{server.url}/_sandbox/faults", timeout=5).json()["injected"]["expire_sessions"] == 8
+        assert sandbox_stats(server.url)["dossiers"] == 0
+
+
 def test_a_flaky_portal_still_stores_every_record_exactly_once(
     tmp_path: Path, signer: Signer, trust: TrustStore
 ) -> None:

@@ -28,7 +28,6 @@ log = get_logger(__name__)
 _OK = 0
 _DUPLICATE = 1
 _SESSION_INVALID = 2
-_SESSION_RENEWALS = 3
 
 
 @dataclass(frozen=True)
@@ -159,8 +158,13 @@ class PortalSink:
         log.info("logged in to the portal at %s", self.base_url)
 
     def _call(self, service: str, data: list[Any], **fields: Any) -> dict[str, Any]:
-        """One service call; an expired session is renewed and the call resent, a few times at most
-        (a portal that ends every session at once is down, not expiring tokens)."""
+        """One service call; an expired session is renewed and the call resent.
+
+        At most ``max_attempts`` renewals: a portal that keeps ending sessions (a restart, or a
+        storm of expiries while several sinks push at once, each loss ending everyone's) is
+        treated as unavailable, so the batch stays pending for the next run instead of failing
+        the run as if the portal had refused it.
+        """
         def send() -> dict[str, Any]:
             return self._post("/api/service", {"session": self._session, "service": service, **fields,
                                                "data": data})
@@ -168,12 +172,14 @@ class PortalSink:
         if self._session is None:
             self._login()
         answer = send()
-        for _ in range(_SESSION_RENEWALS):
+        for _ in range(self.max_attempts):
             if answer.get("error_code") != _SESSION_INVALID:
                 break
             log.info("portal session expired; logging in again")
             self._login()
             answer = send()
+        if answer.get("error_code") == _SESSION_INVALID:
+            raise PortalUnavailable(f"the portal ended the session {self.max_attempts + 1} times in a row")
         if answer.get("error_code") != _OK:
             raise PortalError(int(answer.get("error_code", -1)), str(answer.get("message", "")))
         return answer
