@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 from lienthong.routes import stages
 
@@ -129,8 +130,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def children_peak_rss_mb() -> float:
-    """The largest peak of a child that has ended (the sandbox's services, once stopped)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+def processes_peak_rss_mb(pids: Iterable[int]) -> float:
+    """The largest peak resident memory among running processes (the sandbox's services), from
+    Linux's ``VmHWM``: the children's rusage would also count the seeding child."""
+    peaks = []
+    for pid in pids:
+        status = Path(f"/proc/{pid}/status").read_text()
+        peaks.append(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))))
+    return max(peaks, default=0) / 1024
