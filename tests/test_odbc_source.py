@@ -12,6 +12,7 @@ from typing import Iterator
 import pyodbc
 import pytest
 
+from lienthong.connectors import odbc
 from lienthong.connectors.odbc import OdbcSource, connection_string
 from lienthong.connectors.streams import Cursor, Stream
 from lienthong.demo import EXAMPLES_DIR
@@ -44,6 +45,24 @@ def test_reads_everything_once_in_cursor_order_across_tied_timestamps(dossier_co
     assert sorted(r["id"] for r in rows) == sorted(d.id for d in made.dossiers)
     keys = [(r["updated_at"], r["id"]) for r in rows]
     assert keys == sorted(keys)
+
+
+def test_keyset_pages_read_everything_once_across_tied_timestamps(dossier_conn_str: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queries of 150 rows, most of them cut in the middle of the 100+ rows sharing a timestamp."""
+    monkeypatch.setattr(odbc, "QUERY_ROWS", 150)
+    made = _seeded(dossier_conn_str, 700)
+    source = OdbcSource(dossier_conn_str, STREAM)
+    assert source.select_sql(None).endswith(" LIMIT 150")
+    rows = [row for _, row in _pull(source, None, 64)]
+    assert sorted(r["id"] for r in rows) == sorted(d.id for d in made.dossiers)
+    keys = [(r["updated_at"], r["id"]) for r in rows]
+    assert keys == sorted(keys)
+
+
+def test_databases_without_limit_get_the_sql_2008_row_limit() -> None:
+    source = OdbcSource("DRIVER={ODBC Driver 18 for SQL Server};SERVER=db", STREAM)
+    assert source.select_sql(None, 5).endswith(" ORDER BY t.\"updated_at\", t.\"id\" OFFSET 0 ROWS FETCH NEXT 5 ROWS ONLY")
 
 
 def test_cursor_in_the_middle_of_a_tie_resumes_exactly_after_it(dossier_conn_str: str) -> None:
