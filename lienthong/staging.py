@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -106,7 +107,7 @@ class StageDir:
 
     def _write_json(self, name: str, value: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.path / f"{name}.{os.getpid()}.tmp"  # partitions of one stage write side by side
+        tmp = self.path / f"{name}.{uuid.uuid4().hex}.tmp"  # partitions (on other machines too) write side by side
         tmp.write_bytes(orjson.dumps(value))
         os.replace(tmp, self.path / name)
 
@@ -134,7 +135,7 @@ class RunStaging:
         size = max(1, math.ceil(len(parts) / max(1, wanted)))
         plan = [parts[start : start + size] for start in range(0, len(parts), size)] or [[]]
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
         tmp.write_bytes(orjson.dumps(plan))
         os.replace(tmp, path)
         return plan
