@@ -107,9 +107,7 @@ class StageDir:
 
     def _write_json(self, name: str, value: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.path / f"{name}.{uuid.uuid4().hex}.tmp"  # partitions (on other machines too) write side by side
-        tmp.write_bytes(orjson.dumps(value))
-        os.replace(tmp, self.path / name)
+        _write_json_atomically(self.path / name, value)
 
 
 class RunStaging:
@@ -135,15 +133,21 @@ class RunStaging:
         size = max(1, math.ceil(len(parts) / max(1, wanted)))
         plan = [parts[start : start + size] for start in range(0, len(parts), size)] or [[]]
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(orjson.dumps(plan))
-        os.replace(tmp, path)
+        _write_json_atomically(path, plan)
         return plan
 
     def stage(self, name: str) -> StageDir:
         if name not in STAGES:
             raise ValueError(f"unknown stage {name!r}")
         return StageDir(self.root, name)
+
+
+def _write_json_atomically(path: Path, value: Any) -> None:
+    """By a rename, from a temporary file of a random name: partitions, on other machines too,
+    may write the same mark at once, and two of them can share a process id."""
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(orjson.dumps(value))
+    os.replace(tmp, path)
 
 
 def sum_counts(counts: Iterable[dict[str, Any]]) -> dict[str, Any]:
