@@ -19,8 +19,13 @@ from lienthong.settings import PROJECT_ROOT, Settings
 
 
 def environment(s: Settings) -> dict[str, str]:
-    """The process environment for Airflow: this one's (with its AIRFLOW_CONN_*), plus the paths."""
+    """The process environment for Airflow: this one's (with its AIRFLOW_CONN_*), plus the paths.
+
+    Both folders are made here: with the config outside AIRFLOW_HOME and the metadata in
+    PostgreSQL, no Airflow command makes AIRFLOW_HOME, and the API server dies writing its
+    generated passwords there if it starts before a scheduler happened to make a log folder."""
     s.tmp_dir.mkdir(parents=True, exist_ok=True)
+    s.airflow_home.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.update({
         "LIENTHONG_HOME": str(s.home),
@@ -42,7 +47,6 @@ def ensure_metadata_db(s: Settings, env: dict[str, str], log_file: Path) -> None
     marker = s.airflow_home / f".migrated-{airflow.__version__}"
     if marker.exists():
         return
-    s.airflow_home.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True,
                        stdout=log, stderr=subprocess.STDOUT)
