@@ -334,7 +334,7 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
                             "duplicates", "rejected", "pending"), 0)
     reasons: dict[str, int] = {}
     leaves = bytearray()  # what stays of each outcome until the settle: its 32-byte leaf hash
-    for row, outcome in outcomes.with_rows():
+    for row, outcome in outcomes.computed():
         leaves += outcome_leaf(outcome)
         counts["pulled"] += 1
         _count(counts, reasons, outcome)
@@ -346,7 +346,7 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
     counts["stages"] = {name: stage.counts() for name, stage in done.items()}
     complete = len(done) == len(STAGES)
     status = SUCCESS if complete and counts["pending"] == 0 else FAILED
-    ledger.settle(run_id, outcomes, status, last_settled, counts, reasons,
+    ledger.settle(run_id, outcomes.staged, status, last_settled, counts, reasons,
                   facts=route_facts(route), seal=platform_sealer(settings().keys_dir), leaves=leaves)
     log.info("run %s settled: %s", run_id, counts)
     if status == SUCCESS:
@@ -358,25 +358,42 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
 
 
 class _RunOutcomes:
-    """Every pulled record's outcome, recomputed from the run's staging each time it is gone
-    through: a large run's outcomes do not fit in memory, so :func:`record` goes through them
-    once for the counts and leaf hashes and the settle once more to store them (outcomes depend
-    on nothing but the staged parts, so both passes see the same)."""
+    """Every pulled record's outcome, computed from the run's staging once and staged again,
+    compactly, for the settle's second pass (a large run's outcomes do not fit in memory, so
+    :func:`record` goes through them once for the counts and leaf hashes, and the settle once
+    more to store them). Recomputing them would read every stage's part again, sealed records
+    with their certificate chains included, and hash every payload again: about half the cost
+    of ``record``."""
 
     def __init__(self, route: Route, staging: RunStaging) -> None:
         self.route = route
         self.stages = {name: staging.stage(name) for name in ("extract", "map", "gate", "sign", "push")}
+        self.staged = _StagedOutcomes(StageDir(staging.root, "outcomes"), self.stages["extract"])
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return (outcome for _, outcome in self.with_rows())
-
-    def with_rows(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-        """(extracted row, outcome) pairs, in pull order, one staged part in memory at a time."""
+    def computed(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """(extracted row, outcome) pairs, in pull order, one staged part in memory at a time;
+        every part's outcomes are staged (again) before they are handed out, so ``staged`` is
+        always what this pass computed."""
         for index in self.stages["extract"].parts():
             rows = self.stages["extract"].read_part(index)
             parts = {name: _part_or_nulls(self.stages[name], index, len(rows)) for name in ("map", "gate", "sign", "push")}
-            for n, row in enumerate(rows):
-                yield row, _outcome(self.route, row, parts["map"][n], parts["gate"][n], parts["sign"][n], parts["push"][n])
+            outcomes = [_outcome(self.route, row, parts["map"][n], parts["gate"][n], parts["sign"][n], parts["push"][n])
+                        for n, row in enumerate(rows)]
+            self.staged.stage.write_part(index, outcomes)
+            yield from zip(rows, outcomes)
+
+
+class _StagedOutcomes:
+    """The outcomes :meth:`_RunOutcomes.computed` staged, re-iterable as the settle needs them;
+    times come back as ISO text, which the ledger reads as it reads its own."""
+
+    def __init__(self, stage: StageDir, extract: StageDir) -> None:
+        self.stage = stage
+        self.extract = extract
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for index in self.extract.parts():
+            yield from self.stage.read_part(index)
 
 
 def _outcome(route: Route, extracted: dict[str, Any], mapped: dict[str, Any] | None,
