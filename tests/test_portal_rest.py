@@ -102,8 +102,9 @@ def test_push_stores_sealed_records_and_a_resend_is_all_duplicates(server: Serve
     assert (stats["dossiers"], stats["versions"], stats["duplicates"]) == (5, 5, 5)
 
 
+@pytest.mark.parametrize("judges", [0, 2], ids=["in-thread", "two-worker-processes"])
 def test_each_record_of_a_batch_is_judged_on_its_own(
-    tmp_path: Path, server: ServerThread, signer: Signer, trust: TrustStore
+    tmp_path: Path, signer: Signer, trust: TrustStore, judges: int
 ) -> None:
     init_keys(tmp_path / "stranger")
     stranger = load_signer(tmp_path / "stranger")
@@ -118,16 +119,16 @@ def test_each_record_of_a_batch_is_judged_on_its_own(
         seal(dossier(6), signer),
     ]
 
-    with sink_for(server.url) as sink:
+    with portal(tmp_path / "portal.db", trust, judges=judges) as server, sink_for(server.url) as sink:
         acks = sink.push(batch)
+        stats = sandbox_stats(server.url)
 
     assert codes(acks) == [0, 10, 11, 12, 13, 0]
     assert [a.status for a in acks[1:5]] == ["signature_invalid", "certificate_untrusted", "payload_invalid",
                                              "version_mismatch"]
     assert "/MaTTHC" in acks[3].message and "/TaiLieuNop/0/MaHashTep" in acks[3].message
     assert [a.acknowledged for a in acks] == [True, False, False, False, False, True]
-    assert sandbox_stats(server.url) == {"dossiers": 2, "versions": 2, "received": 6, "duplicates": 0,
-                                         "rejected": 4, "progress": 0}
+    assert stats == {"dossiers": 2, "versions": 2, "received": 6, "duplicates": 0, "rejected": 4, "progress": 0}
 
 
 def progress(n: int, **changes: Any) -> dict[str, Any]:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import sys
 from pathlib import Path
 
 from lienthong.sandbox.faults import FaultConfig
@@ -40,8 +43,9 @@ def build_app(name: str, data_dir: Path, trust_store: Path | None, faults: Fault
     from lienthong.signing.trust import TrustStore
 
     users = json.loads((data_dir / "portal-users.json").read_text())
+    # Its record checks on every core, as a real portal's would be: see portal.RecordJudge.
     return portal.create_app(data_dir / "portal.db", TrustStore.from_pem_files([trust_store], [crl] if crl else []),
-                             users, faults=faults)
+                             users, faults=faults, judges=os.cpu_count() or 1)
 
 
 def main() -> None:
@@ -57,6 +61,8 @@ def main() -> None:
     args = parser.parse_args()
     faults = FaultConfig(latency_ms=args.latency_ms, error_rate=args.error_rate)
     app = build_app(args.name, args.data_dir, args.trust_store, faults, args.crl)
+    # Stopped by SIGTERM: exit as on Ctrl-C, so that the portal's judge workers are shut down too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     build_server(app, args.port, access_log=args.access_log).serve_forever()
 
 
