@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -42,9 +43,7 @@ REDIS_SERVER = Path("/usr/bin/redis-server")
 ROUTES = ("stp_h40__dossiers", "stp_h40__status")
 SEED = 3000
 WORKERS = ("worker-a", "worker-b")
-POSTGRES = "postgresql+psycopg://lienthong:lienthong@127.0.0.1:5432"
-METADATA_DB = f"{POSTGRES}/lienthong_scaleout_airflow"  # scripts/ensure-postgres.sh makes both
-STATE_DB = f"{POSTGRES}/lienthong_scaleout_state"
+POSTGRES = "postgresql+psycopg://lienthong:lienthong@127.0.0.1:5432"  # scripts/ensure-postgres.sh lets it CREATEDB
 # The test triggers its runs: the routes' own schedules would add runs of their own.
 TEST_SETTINGS = {"AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"}
 TIMEOUT_S = 240
@@ -120,15 +119,28 @@ def airflow(*args: str) -> list[str]:
 
 
 @pytest.fixture
-def metadata() -> Iterator[Engine]:
-    """Airflow's metadata database, to be read by the test; it and the state database start empty."""
-    for url in (METADATA_DB, STATE_DB):
-        engine = create_engine(url)
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
-        engine.dispose()
-    engine = create_engine(METADATA_DB)
+def databases() -> Iterator[tuple[str, str]]:
+    """Airflow's metadata and the state database: new, of a name no other run of this test uses,
+    so that two suites on one machine never share them, and dropped afterwards (connections left
+    over from a stopped process too)."""
+    names = [f"lienthong_scaleout_{kind}_{uuid.uuid4().hex[:12]}" for kind in ("airflow", "state")]
+    admin = create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            for name in names:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield f"{POSTGRES}/{names[0]}", f"{POSTGRES}/{names[1]}"
+    finally:
+        with admin.connect() as conn:
+            for name in names:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def metadata(databases: tuple[str, str]) -> Iterator[Engine]:
+    """Airflow's metadata database, to be read by the test."""
+    engine = create_engine(databases[0])
     try:
         yield engine
     finally:
@@ -164,20 +176,21 @@ def run_states(engine: Engine) -> dict[str, str]:
         return dict(conn.execute(text("SELECT dag_id, state FROM dag_run")).all())
 
 
-def test_two_celery_workers_settle_the_ledger_as_the_embedded_run_does(tmp_path: Path, processes: Processes,
-                                                                       metadata: Engine) -> None:
+def test_two_celery_workers_settle_the_ledger_as_the_embedded_run_does(
+        tmp_path: Path, databases: tuple[str, str], processes: Processes, metadata: Engine) -> None:
     if not REDIS_SERVER.exists():
         pytest.skip(f"{REDIS_SERVER} is missing: make setup installs Debian's redis-server")
+    metadata_db, state_db = databases
     broker_port, api_port = free_port(), free_port()
     api = f"http://127.0.0.1:{api_port}"
-    deployment = distributed.Deployment(metadata_db=METADATA_DB, state_db=STATE_DB,
+    deployment = distributed.Deployment(metadata_db=metadata_db, state_db=state_db,
                                         broker_url=f"redis://127.0.0.1:{broker_port}/0", api_url=api,
                                         jwt_secret=secrets.token_urlsafe(32), partitions=len(WORKERS))
     processes.start("redis", [str(REDIS_SERVER), "--port", str(broker_port), "--bind", "127.0.0.1",
                               "--save", "", "--appendonly", "no"], os.environ.copy())
     migrate = processes.start("db-migrate", airflow("db", "migrate"), distributed.environment(
-        Settings(home=tmp_path / "distributed", state_db_url=STATE_DB), deployment))
-    with world(tmp_path / "distributed", SEED, ("so-tu-phap.yaml",), state_db=STATE_DB) as w:
+        Settings(home=tmp_path / "distributed", state_db_url=state_db), deployment))
+    with world(tmp_path / "distributed", SEED, ("so-tu-phap.yaml",), state_db=state_db) as w:
         assert migrate.wait(timeout=120) == 0, processes.tails()
         del processes.started["db-migrate"]
         env = {**distributed.environment(w.settings, deployment), **TEST_SETTINGS}
@@ -219,7 +232,7 @@ def test_two_celery_workers_settle_the_ledger_as_the_embedded_run_does(tmp_path:
         assert not [key for key, (outcome, _, _) in dossiers.items() if outcome == PENDING]
         for route in ROUTES:
             assert got[route] == expected[route], route
-        audit = verify_runs(Ledger(STATE_DB), keys_dir=w.settings.keys_dir)
+        audit = verify_runs(Ledger(state_db), keys_dir=w.settings.keys_dir)
         assert (audit.problems, audit.runs_checked) == ([], len(ROUTES))
 
 
