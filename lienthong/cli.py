@@ -113,6 +113,8 @@ def bench(
     records: int = typer.Option(100_000, "--records", "-n", min=1, help="dossiers to seed and run through the route"),
     sample: int = typer.Option(None, min=1, help="dossiers for the naive way (default: min(records, 200))"),
     home: Path = typer.Option(None, help="data folder to use and keep (default: a fresh one, removed after)"),
+    partitions: int = typer.Option(1, min=1, help="partitions run at once, each in a process, as a deployment "
+                                                  "with that many worker slots runs them (the embedded run: 1)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of the tables"),
 ) -> None:
     """Time the dossier route end to end in a private sandbox, against the naive way and the floor."""
@@ -121,7 +123,7 @@ def bench(
 
     notes = (lambda _: None) if as_json else (lambda text: console.print(f"[cyan]•[/] {text}"))
     with _stdout_to_stderr(as_json):
-        result = run_bench(records, sample, home, on_note=notes)
+        result = run_bench(records, sample, home, partitions, on_note=notes)
     if as_json:
         typer.echo(json.dumps(result))
     else:

@@ -1,4 +1,5 @@
-"""``lienthong bench`` end to end on a small N: the real sandbox, the real route, one JSON object."""
+"""``lienthong bench`` end to end on a small N: the real sandbox, the real route (in two partition
+processes, the way with more moving parts), one JSON object."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ pytestmark = pytest.mark.slow  # the run with nothing new goes through Airflow
 
 
 def test_bench_reports_every_figure_as_one_json_object(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "lienthong.cli", "bench", "--records", "300", "--sample", "3",
-                           "--json", "--home", str(tmp_path / "home")],
+    done = subprocess.run([sys.executable, "-m", "lienthong.cli", "bench", "--records", "1200", "--sample", "3",
+                           "--partitions", "2", "--json", "--home", str(tmp_path / "home")],
                           capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)  # the only thing on stdout
-    assert result["records"] == 300 and result["floor"]["records"] == 300 and result["naive"]["records"] == 3
+    assert result["records"] == 1200 and result["floor"]["records"] == 1200 and result["naive"]["records"] == 3
+    assert result["partitions"] == 2  # three parts of 500
     assert set(result["stages"]) == {"pull", "verify", "map", "gate", "sign", "push", "record"}
     assert abs(sum(result["stages"].values()) - result["wall_s"]) < 0.01
     for key in ("wall_s", "records_per_s", "peak_rss_mb", "naive_ratio", "floor_ratio", "incremental_s"):

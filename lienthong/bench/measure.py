@@ -8,10 +8,14 @@ says what the route's batching and concurrency buy, not what a faster library wo
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from lienthong.routes import stages
 
@@ -20,6 +24,8 @@ STAGES: tuple[tuple[str, Callable[[str, str], dict[str, Any]]], ...] = (
     ("pull", stages.extract), ("verify", stages.verify), ("map", stages.map_records),
     ("gate", stages.gate_records), ("sign", stages.sign), ("push", stages.push), ("record", stages.record),
 )
+# The stages a DAG maps over the run's partitions (extract plans them, record settles them all).
+PARTITIONED = ("verify", "map", "gate", "sign", "push")
 
 
 @dataclass
@@ -29,25 +35,66 @@ class Timing:
     stages: dict[str, float] = field(default_factory=dict)
     # The process's peak memory once each stage is over: the stage where it jumps holds the memory.
     peak_rss_mb_after: dict[str, float] = field(default_factory=dict)
+    partitions: int = 1  # the run's, as extract planned them
 
     @property
     def per_s(self) -> float:
         return self.records / self.seconds if self.seconds else 0.0
 
 
-def full_run(route_name: str) -> Timing:
+def full_run(route_name: str, partitions: int = 1) -> Timing:
     """One run of the route, stage after stage as its DAG would, timing each; it must settle
-    every record (a run with pending records would measure less work than it claims)."""
+    every record (a run with pending records would measure less work than it claims).
+
+    With ``partitions`` > 1 the mapped stages run each partition in a process of its own at the
+    same time, as a deployment with that many worker slots runs the DAG's mapped task instances;
+    the peak memory is then the hub's plus every partition process's.
+    """
     run_id = stages.run_id_for(route_name, f"bench-{time.time_ns()}")
     timings: dict[str, float] = {}
     peaks: dict[str, float] = {}
     results: dict[str, dict[str, Any]] = {}
-    for name, stage in STAGES:
-        start = time.perf_counter()
-        results[name] = stage(route_name, run_id)
-        timings[name] = time.perf_counter() - start
-        peaks[name] = round(peak_rss_mb(), 1)
-    return Timing(results["record"]["pulled"], sum(timings.values()), timings, peaks)
+    workers_peak: dict[int, float] = {}  # partition process -> its peak memory so far
+    with _partition_workers(partitions) as workers:
+        for name, stage in STAGES:
+            start = time.perf_counter()
+            if workers is not None and name in PARTITIONED:
+                jobs = [(name, route_name, run_id, k) for k in range(planned)]
+                workers_peak.update(workers.map(_run_partition, jobs))
+            else:
+                results[name] = stage(route_name, run_id)
+            timings[name] = time.perf_counter() - start
+            if name == "pull":
+                planned = stages.partitions(run_id)
+            peaks[name] = round(peak_rss_mb() + sum(workers_peak.values()), 1)
+    return Timing(results["record"]["pulled"], sum(timings.values()), timings, peaks, planned)
+
+
+@contextmanager
+def _partition_workers(partitions: int) -> Iterator[ProcessPoolExecutor | None]:
+    """Processes for the partitions, started once for the whole run (each pays its imports once,
+    as a worker does); the route's partition count is set for extract to plan with."""
+    if partitions <= 1:
+        yield None
+        return
+    saved = os.environ.get("LIENTHONG_PARTITIONS")
+    os.environ["LIENTHONG_PARTITIONS"] = str(partitions)
+    pool = ProcessPoolExecutor(partitions, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown()
+        if saved is None:
+            os.environ.pop("LIENTHONG_PARTITIONS")
+        else:
+            os.environ["LIENTHONG_PARTITIONS"] = saved
+
+
+def _run_partition(job: tuple[str, str, str, int]) -> tuple[int, float]:
+    """One partition of one stage, in a partition process: which process, and its peak so far."""
+    name, route_name, run_id, partition = job
+    dict(STAGES)[name](route_name, run_id, partition)
+    return os.getpid(), peak_rss_mb()
 
 
 def floor(route_name: str) -> Timing:

@@ -10,7 +10,7 @@ from rich.table import Table
 
 def show(result: dict[str, Any], console: Console) -> None:
     stages = Table(title=f"{result['records']:,} dossiers end to end in {result['wall_s']:.1f} s: "
-                         f"{result['records_per_s']:,.0f} records/s")
+                         f"{result['records_per_s']:,.0f} records/s, {result['partitions']} partition(s) at once")
     for column in ("stage", "seconds", "share", "records/s"):
         stages.add_column(column, justify="left" if column == "stage" else "right")
     for name, seconds in result["stages"].items():
@@ -26,6 +26,7 @@ def show(result: dict[str, Any], console: Console) -> None:
         yardsticks.add_row(way, f"{r['records']:,}", f"{r['seconds']:.2f}", f"{r['records_per_s']:,.0f}", ratio)
     console.print(yardsticks)
     console.print(f"a run with nothing new, through Airflow: {result['incremental_s']:.1f} s")
-    console.print(f"peak memory: hub {result['peak_rss_mb']:,.0f} MB, largest sandbox service "
+    console.print(f"peak memory: the route {result['peak_rss_mb']:,.0f} MB (hub and partition processes), "
+                  f"largest sandbox service "
                   f"{result['sandbox_peak_rss_mb']:,.0f} MB; population database latency "
                   f"{result['population_latency_ms']:.0f} ms per call")

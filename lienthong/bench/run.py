@@ -15,18 +15,18 @@ POPULATION_LATENCY_MS = 20.0
 NAIVE_SAMPLE = 200
 
 
-def bench(records: int, sample: int | None = None, home: Path | None = None,
+def bench(records: int, sample: int | None = None, home: Path | None = None, partitions: int = 1,
           on_note: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Seed ``records`` dossiers and run the route over them, read them again for the floor, run
     the route through Airflow with nothing new, then seed a sample of fresh ones and push those
     the naive way (fresh, so the portal does the same work for them as for the route's: no answer
-    is a duplicate)."""
+    is a duplicate). ``partitions``: see :func:`measure.full_run`."""
     sample = min(records, NAIVE_SAMPLE) if sample is None else sample
     with quiet(), world.private_world(POPULATION_LATENCY_MS, home) as sandbox:
         on_note(f"seeding {records:,} dossiers")
         world.seed(records)
-        on_note("running the route, stage by stage")
-        full = measure.full_run(world.ROUTE)
+        on_note(f"running the route, stage by stage, in {partitions} partition{'s' * (partitions > 1)}")
+        full = measure.full_run(world.ROUTE, partitions)
         on_note("the floor: ODBC, canonical JSON, SHA-256")
         floor = measure.floor(world.ROUTE)
         on_note("a run with nothing new, through Airflow")
@@ -53,12 +53,14 @@ def figures(full: measure.Timing, naive: measure.Timing, floor: measure.Timing,
             idle: measure.Timing, services_peak_mb: float) -> dict[str, Any]:
     return {
         "records": full.records,
+        "partitions": full.partitions,
         "wall_s": round(full.seconds, 3),
         "records_per_s": round(full.per_s, 1),
         "stages": {name: round(seconds, 3) for name, seconds in full.stages.items()},
         "stage_records_per_s": {name: round(full.records / seconds, 1) if seconds else None
                                 for name, seconds in full.stages.items()},
-        "peak_rss_mb": round(measure.peak_rss_mb(), 1),
+        # The hub and, while the route ran, its partition processes: they run at the same time.
+        "peak_rss_mb": max(round(measure.peak_rss_mb(), 1), *full.peak_rss_mb_after.values()),
         "peak_rss_mb_after_stage": full.peak_rss_mb_after,
         "sandbox_peak_rss_mb": round(services_peak_mb, 1),
         "population_latency_ms": POPULATION_LATENCY_MS,
