@@ -131,6 +131,8 @@ class RecordJudge:
                 initargs=([c.public_bytes(Encoding.PEM) for c in trust.roots],
                           [c.public_bytes(Encoding.PEM) for c in trust.crls]))
             self._chunk = max(1, CONTRACT_MAX_BATCH // (2 * processes))
+            for _ in range(processes):  # started now, not by the first batch: their imports take seconds
+                self._pool.submit(int)
 
     def __call__(self, definition: str, records: list[Any]) -> list[dict[str, Any] | None]:
         if self._pool is None:
