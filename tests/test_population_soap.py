@@ -199,6 +199,25 @@ def test_injected_errors_are_retried_until_every_answer_is_right(db: Path) -> No
     assert probe.statuses().count(200) == 20
 
 
+def test_a_rate_limit_keeps_calls_within_the_service_quota(db: Path) -> None:
+    """40 calls against a quota of 20 a second: unpaced, four threads run into it; paced at 18 a
+    second (retries included), none is turned away and the calls take the time the quota allows."""
+    subjects = [subject(c) for c in crowd(400)]
+    with serve(db, faults=FaultConfig(quota_per_s=20)) as (server, probe):
+        unpaced = PopulationVerifier(wsdl(server), concurrency=4, batch_size=10, max_attempts=30, **FAST)
+        assert all(r.status == "match" for r in unpaced.verify(subjects))
+        assert 429 in probe.statuses(), "unpaced calls went over the quota"
+    with serve(db, faults=FaultConfig(quota_per_s=20)) as (server, probe):
+        paced = PopulationVerifier(wsdl(server), concurrency=4, batch_size=10, rate_limit=18, **FAST)
+        paced.check()  # the service description is fetched before the clock starts
+        start = time.monotonic()
+        results = paced.verify(subjects)
+        elapsed = time.monotonic() - start
+    assert all(r.status == "match" for r in results)
+    assert probe.statuses().count(200) == 40 and 429 not in probe.statuses()
+    assert elapsed >= 39 / 18
+
+
 def test_busy_fault_is_transient(db: Path) -> None:
     with serve(db, max_concurrent=1, latency_ms=40) as (server, probe):
         v = PopulationVerifier(wsdl(server), concurrency=4, max_attempts=15, **FAST)
@@ -290,9 +309,10 @@ def test_from_connection_reads_the_airflow_connection(shared: tuple[ServerThread
     server, _ = shared
     monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_POPULATION", json.dumps({
         "conn_type": "http", "host": "127.0.0.1", "port": server.port, "schema": "http",
-        "extra": {"path": "/population", "concurrency": 3, "batch_size": 40, "timeout": 5}}))
+        "extra": {"path": "/population", "concurrency": 3, "batch_size": 40, "timeout": 5, "rate_limit": 50}}))
     v = PopulationVerifier.from_connection()
     assert (v.wsdl_url, v.concurrency, v.batch_size, v.timeout) == (wsdl(server), 3, 40, 5.0)
+    assert v.pacer.interval == 1 / 50
     assert v.check() == ["XacThucCongDan", "XacThucDanhSachCongDan"]
     assert v.verify([subject(AN)])[0].status == "match"
 

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 from urllib.parse import urlparse
 
 import requests
@@ -32,6 +32,7 @@ from zeep.transports import Transport
 
 from lienthong.connectors.answers import MAX_ANSWER_BYTES, BadAnswer, read_body
 from lienthong.connectors.connection import POPULATION, base_url, get_connection
+from lienthong.connectors.pacing import Pacer
 from lienthong.logs import get_logger
 
 log = get_logger(__name__)
@@ -231,7 +232,8 @@ class PopulationVerifier:
 
     def __init__(self, wsdl_url: str, concurrency: int = 4, batch_size: int = 100, timeout: float = 10,
                  max_attempts: int = 5, backoff: float = 0.5, max_backoff: float = 8,
-                 cache_size: int = 200_000, max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
+                 cache_size: int = 200_000, max_answer_bytes: int = MAX_ANSWER_BYTES,
+                 rate_limit: float | None = None) -> None:
         if not 1 <= batch_size <= 100:
             raise ValueError("batch_size must be between 1 and 100, the service's limit")
         self.wsdl_url = wsdl_url
@@ -241,6 +243,7 @@ class PopulationVerifier:
         self.max_attempts = max(1, max_attempts)
         self.backoff, self.max_backoff = backoff, max_backoff
         self.max_answer_bytes = max_answer_bytes
+        self.pacer = Pacer(rate_limit)
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.concurrency)
         self._session.mount("http://", adapter)
@@ -254,12 +257,12 @@ class PopulationVerifier:
     @classmethod
     def from_connection(cls, conn_id: str = POPULATION) -> "PopulationVerifier":
         """``extra`` may set path (default ``/population``), concurrency, batch_size, timeout, max_attempts,
-        max_answer_bytes."""
+        max_answer_bytes, rate_limit (calls a second, retries included; default none)."""
         conn = get_connection(conn_id)
         extra = conn.extra_dejson
         options = {name: kind(extra[name]) for name, kind in (
             ("concurrency", int), ("batch_size", int), ("timeout", float), ("max_attempts", int),
-            ("max_answer_bytes", int)) if name in extra}
+            ("max_answer_bytes", int), ("rate_limit", float)) if name in extra}
         return cls(f"{base_url(conn)}{extra.get('path', '/population')}?wsdl", **options)
 
     def check(self) -> list[str]:
@@ -320,13 +323,17 @@ class PopulationVerifier:
         request = [{"MaYeuCau": str(i), "SoDinhDanh": q.personal_id, "HoVaTen": q.full_name,
                     "NgaySinh": q.date_of_birth, "GioiTinh": q.gender} for i, q in enumerate(batch)]
         try:
-            reply = self._retrying()(client.service.XacThucDanhSachCongDan, CongDan=request)
+            reply = self._retrying()(self._paced, client.service.XacThucDanhSachCongDan, CongDan=request)
         except (ZeepError, requests.RequestException, BadAnswer) as exc:
             log.warning("batch of %d unavailable: %s", len(batch), _describe(exc))
             failed = Verification("unavailable", detail=f"population database did not answer: {_describe(exc)}")
             return {q.key: failed for q in batch}
         by_id = {r.MaYeuCau: r for r in reply or []}
         return {query.key: _verification(by_id.get(str(i))) for i, query in enumerate(batch)}
+
+    def _paced(self, operation: Callable[..., Any], **arguments: Any) -> Any:
+        self.pacer.wait()
+        return operation(**arguments)
 
     def _retrying(self) -> Retrying:
         return Retrying(

@@ -36,6 +36,7 @@ class FaultConfig(BaseModel):
     lose_reply_rate: float = Field(0.0, ge=0, le=1, description="share carried out whose answer becomes a 504")
     cut_rate: float = Field(0.0, ge=0, le=1, description="share carried out whose answer is cut off half-way")
     expire_sessions_rate: float = Field(0.0, ge=0, le=1, description="share before which every session expires")
+    quota_per_s: float = Field(0.0, ge=0, description="requests served in any one second; more get 429 (0: no quota)")
 
 
 class ConnectionCut(ConnectionResetError):
@@ -52,6 +53,7 @@ class FaultSwitch:
         self.expire_sessions = expire_sessions
         self._lock = threading.Lock()
         self._random = random.Random()
+        self._served: collections.deque[float] = collections.deque()  # when the last second's requests came
         # How many times each fault struck: a test proves its fault happened, not only that all went well.
         self.injected: collections.Counter[str] = collections.Counter()
 
@@ -64,6 +66,8 @@ class FaultSwitch:
         config = self.config
         if path.startswith("/_sandbox/"):
             return self.app(environ, start_response)
+        if config.quota_per_s and self._over_quota(config.quota_per_s):
+            return Response("over quota", status=429, headers={"Retry-After": "1"})(environ, start_response)
         if config.latency_ms:
             time.sleep(config.latency_ms / 1000)
         if self._happens("error", config.error_rate):
@@ -78,6 +82,18 @@ class FaultSwitch:
         if self._happens("cut", config.cut_rate):
             return self._cut(environ, start_response)
         return self.app(environ, start_response)
+
+    def _over_quota(self, per_s: float) -> bool:
+        """As a national service's quota: a request beyond ``per_s`` in the last second is turned away."""
+        with self._lock:
+            now = time.monotonic()
+            while self._served and self._served[0] <= now - 1:
+                self._served.popleft()
+            if len(self._served) >= per_s:
+                self.injected["quota"] += 1
+                return True
+            self._served.append(now)
+            return False
 
     def _happens(self, fault: str, rate: float) -> bool:
         if not rate:
