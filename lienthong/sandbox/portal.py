@@ -16,8 +16,10 @@ import hmac
 import itertools
 import json
 import multiprocessing
+import os
 import secrets
 import sqlite3
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -147,6 +149,15 @@ def _start_worker(roots: list[bytes], crls: list[bytes]) -> None:
     global _worker_trust
     _worker_trust = TrustStore([x509.load_pem_x509_certificate(pem) for pem in roots],
                                [x509.load_pem_x509_crl(pem) for pem in crls])
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A killed portal (SIGKILL: no shutdown) must not leave its workers behind: they hold their
+    own queue's write end, so they would wait for work forever."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(0)
 
 
 def _judge_in_worker(definition: str, record: Any) -> dict[str, Any] | None:
