@@ -200,22 +200,24 @@ def test_injected_errors_are_retried_until_every_answer_is_right(db: Path) -> No
 
 
 def test_a_rate_limit_keeps_calls_within_the_service_quota(db: Path) -> None:
-    """40 calls against a quota of 20 a second: unpaced, four threads run into it; paced at 18 a
-    second (retries included), none is turned away and the calls take the time the quota allows."""
+    """40 calls against a quota of 20 a second: unpaced, four threads run into it (a batch whose
+    retries all ran into it is left unavailable, never answered wrong); paced at 15 a second
+    (retries included, with room for a loaded machine's jitter), none is turned away and the calls
+    take the time the pace allows."""
     subjects = [subject(c) for c in crowd(400)]
     with serve(db, faults=FaultConfig(quota_per_s=20)) as (server, probe):
-        unpaced = PopulationVerifier(wsdl(server), concurrency=4, batch_size=10, max_attempts=30, **FAST)
-        assert all(r.status == "match" for r in unpaced.verify(subjects))
+        unpaced = PopulationVerifier(wsdl(server), concurrency=4, batch_size=10, **FAST)
+        assert {r.status for r in unpaced.verify(subjects)} <= {"match", "unavailable"}
         assert 429 in probe.statuses(), "unpaced calls went over the quota"
     with serve(db, faults=FaultConfig(quota_per_s=20)) as (server, probe):
-        paced = PopulationVerifier(wsdl(server), concurrency=4, batch_size=10, rate_limit=18, **FAST)
+        paced = PopulationVerifier(wsdl(server), concurrency=4, batch_size=10, rate_limit=15, **FAST)
         paced.check()  # the service description is fetched before the clock starts
         start = time.monotonic()
         results = paced.verify(subjects)
         elapsed = time.monotonic() - start
     assert all(r.status == "match" for r in results)
     assert probe.statuses().count(200) == 40 and 429 not in probe.statuses()
-    assert elapsed >= 39 / 18
+    assert elapsed >= 39 / 15
 
 
 def test_busy_fault_is_transient(db: Path) -> None:
