@@ -108,10 +108,10 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
-def s3_staging(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Staging in a fresh bucket, chosen the way a deployment chooses it: the staging URL and an
-    Airflow connection (aws, with the endpoint in its extra) given as environment variables,
-    which the processes of an Airflow run inherit. Returns the staging URL."""
+def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket, and the Airflow connection to it (aws, the endpoint in its extra) as an
+    environment variable, which the processes of an Airflow run inherit. Returns the staging URL
+    in it, for ``LIENTHONG_STAGING_URL`` (or a ``Deployment``'s ``staging_url``)."""
     import boto3
 
     bucket = f"staging-{uuid.uuid4().hex[:12]}"
@@ -120,10 +120,15 @@ def s3_staging(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv(f"AIRFLOW_CONN_{STAGING_CONN_ID.upper()}", json.dumps({
         "conn_type": "aws", "login": "moto", "password": "moto",
         "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}}))
-    url = f"s3://{bucket}/staging"
-    monkeypatch.setenv("LIENTHONG_STAGING_URL", url)
+    return f"s3://{bucket}/staging"
+
+
+@pytest.fixture
+def s3_staging(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Staging in ``s3_bucket`` for this process and the ones it starts, chosen by the settings."""
+    monkeypatch.setenv("LIENTHONG_STAGING_URL", s3_bucket)
     monkeypatch.setenv("LIENTHONG_STAGING_CONN_ID", STAGING_CONN_ID)
-    return url
+    return s3_bucket
 
 
 @pytest.fixture(params=STAGING_STORES)
