@@ -6,7 +6,7 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pyodbc
 import pytest
@@ -90,6 +90,8 @@ def state_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 STAGING_CONN_ID = "lienthong_staging"
+# moto takes any credentials; Airflow masks a connection's secret in logs only from 5 characters.
+S3_KEY, S3_SECRET = "moto-access-key", "moto-secret-key"
 STAGING_STORES = ["local", pytest.param("s3", marks=pytest.mark.s3)]
 
 
@@ -107,18 +109,23 @@ def s3_endpoint() -> Iterator[str]:
     server.stop()
 
 
+def s3_client(endpoint: str) -> Any:
+    """boto3's S3 client for moto's server: what the tests check a bucket with, apart from staging's own code."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=S3_KEY,
+                        aws_secret_access_key=S3_SECRET)
+
+
 @pytest.fixture
 def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh bucket, and the Airflow connection to it (aws, the endpoint in its extra) as an
     environment variable, which the processes of an Airflow run inherit. Returns the staging URL
     in it, for ``LIENTHONG_STAGING_URL`` (or a ``Deployment``'s ``staging_url``)."""
-    import boto3
-
     bucket = f"staging-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="moto",
-                 aws_secret_access_key="moto").create_bucket(Bucket=bucket)
+    s3_client(s3_endpoint).create_bucket(Bucket=bucket)
     monkeypatch.setenv(f"AIRFLOW_CONN_{STAGING_CONN_ID.upper()}", json.dumps({
-        "conn_type": "aws", "login": "moto", "password": "moto",
+        "conn_type": "aws", "login": S3_KEY, "password": S3_SECRET,
         "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}}))
     return f"s3://{bucket}/staging"
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import boto3
 import pytest
 
 from lienthong.demo import run_routes
 from lienthong.staging import route_runs
-from tests.conftest import STAGING_CONN_ID
+from tests.conftest import S3_SECRET, STAGING_CONN_ID, s3_client
 from tests.e2e import account_for_every_dossier, leaks, secrets_of, world
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
@@ -30,7 +29,5 @@ def test_a_route_staged_in_a_bucket_settles_every_dossier_and_leaves_no_personal
         assert not (w.settings.home / "staging").exists()  # nothing was staged locally
         assert route_runs(w.settings.staging_dir, ROUTE) == []  # the settled run's staging is purged
         bucket = s3_staging.removeprefix("s3://").split("/")[0]
-        s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-                          aws_access_key_id="moto", aws_secret_access_key="moto")
-        assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0  # no personal data left in the bucket
-        assert leaks(w.settings.home, secrets_of(w.settings, w.conn_str)) == []
+        assert s3_client(s3_endpoint).list_objects_v2(Bucket=bucket)["KeyCount"] == 0  # no personal data left
+        assert leaks(w.settings.home, secrets_of(w.settings, w.conn_str) | {S3_SECRET}) == []
