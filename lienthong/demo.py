@@ -20,7 +20,7 @@ from lienthong.audit.verify import verify_runs
 from lienthong.connectors.connection import use_connections
 from lienthong.sandbox import seed, services
 from lienthong.settings import Settings, settings
-from lienthong.staging import STAGES, RunStaging
+from lienthong.staging import STAGES, latest_run
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "registry" / "examples"
 # A provincial department on ODBC, a district on SOAP, a commune on REST.
@@ -79,9 +79,8 @@ def progress(s: Settings, routes: list[str], since: float) -> dict[str, dict[str
             stages = (run["counts"] or {}).get("stages", {})
             found[route] = {name: counts.get("records", 0) for name, counts in stages.items()}
             continue
-        staged = [p for p in s.staging_dir.glob(f"{route}__*") if p.stat().st_mtime >= since - 1]
-        if staged:
-            staging = RunStaging(s.staging_dir, max(staged, key=lambda p: p.stat().st_mtime).name)
+        staging = latest_run(s.staging_dir, route, since)
+        if staging is not None:
             found[route] = {name: (staging.stage(name).progress() or {}).get("records", 0) for name in STAGES}
     return found
 

@@ -24,7 +24,11 @@ class Deployment:
     (PostgreSQL: SQLite cannot be shared between machines), ``broker_url`` a Celery broker
     (``redis://`` or ``amqp://``), ``api_url`` the API server every worker reaches for the
     Execution API, ``jwt_secret`` the key all processes sign and check task tokens with,
-    ``partitions`` how many partitions a run's stages are mapped over (about the workers' slots)."""
+    ``partitions`` how many partitions a run's stages are mapped over (about the workers' slots),
+    ``staging_url`` where the stages hand each other records when the machines share no folder
+    (``s3://bucket/prefix``; personal data: a private bucket), ``staging_conn_id`` the Airflow
+    connection with its credentials and endpoint (given to every process, e.g. as
+    ``AIRFLOW_CONN_<ID>``, like the other connections)."""
 
     metadata_db: str
     state_db: str
@@ -32,10 +36,15 @@ class Deployment:
     api_url: str
     jwt_secret: str
     partitions: int = 1
+    staging_url: str | None = None
+    staging_conn_id: str | None = None
 
     def settings(self) -> dict[str, str]:
         """The environment variables every process of the deployment gets (``airflow.cfg`` keys
         in Airflow's ``AIRFLOW__SECTION__KEY`` form, and the project's own)."""
+        staging = {"LIENTHONG_STAGING_URL": self.staging_url} if self.staging_url else {}
+        if self.staging_conn_id:
+            staging["LIENTHONG_STAGING_CONN_ID"] = self.staging_conn_id
         return {
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.metadata_db,
@@ -49,14 +58,15 @@ class Deployment:
             "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.worker_name",
             "LIENTHONG_STATE_DB": self.state_db,
             "LIENTHONG_PARTITIONS": str(self.partitions),
+            **staging,
         }
 
 
 def environment(s: Settings, deployment: Deployment) -> dict[str, str]:
     """The embedded environment (paths, connections) with the deployment's settings over it.
 
-    ``s.home`` must be the same shared folder on every machine: the stages hand each other their
-    records through ``staging/`` in it.
+    ``s.home`` must be the same shared folder on every machine unless the deployment stages in
+    object storage (``staging_url``): the stages hand each other their records through it.
     """
     return {**embedded_environment(s), **deployment.settings()}
 

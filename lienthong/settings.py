@@ -3,7 +3,9 @@
 Everything a run writes lives under one data folder (``LIENTHONG_HOME``, default ``.lienthong/``
 in the project) so that a deployment can back it up, wipe it, or point it at shared storage as
 one unit. The state database defaults to SQLite there; production sets ``LIENTHONG_STATE_DB`` to
-a PostgreSQL URL.
+a PostgreSQL URL. Staging defaults to a folder there too; workers on several machines share a
+bucket instead (``LIENTHONG_STAGING_URL``, ``s3://bucket/prefix``, with the Airflow connection
+``LIENTHONG_STAGING_CONN_ID`` for its credentials and endpoint).
 """
 
 from __future__ import annotations
@@ -11,8 +13,12 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +34,10 @@ class Settings(BaseModel):
     # Partitions a run's parts are split into after extract, one mapped task each per stage:
     # 1 embedded (tasks run one after another anyway); about the workers' slots when distributed.
     partitions: int = 1
+    # Where stages hand each other records: a URL (``file:///...``, ``s3://bucket/prefix``) or a
+    # local path; empty for ``home/staging``. The connection, if any, holds the store's credentials.
+    staging_url: str = ""
+    staging_conn_id: str | None = None
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -37,11 +47,16 @@ class Settings(BaseModel):
             state_db_url=os.environ.get("LIENTHONG_STATE_DB") or f"sqlite:///{home / 'state.db'}",
             abandoned_after_s=float(os.environ.get("LIENTHONG_ABANDONED_AFTER_S") or 900.0),
             partitions=int(os.environ.get("LIENTHONG_PARTITIONS") or 1),
+            staging_url=os.environ.get("LIENTHONG_STAGING_URL") or "",
+            staging_conn_id=os.environ.get("LIENTHONG_STAGING_CONN_ID") or None,
         )
 
     @cached_property
-    def staging_dir(self) -> Path:
-        return self.home / "staging"
+    def staging_dir(self) -> "ObjectStoragePath":
+        """The staging root, local or in object storage (``lienthong.staging``)."""
+        from lienthong.staging import staging_path
+
+        return staging_path(self.staging_url or self.home / "staging", self.staging_conn_id)
 
     @cached_property
     def keys_dir(self) -> Path:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterator
-
+import json
 import os
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
 
 import pyodbc
 import pytest
 
 from lienthong.sandbox import dossier_db
+from lienthong.sandbox.http import free_port
 from lienthong.settings import Settings
 from lienthong.signing.jws import Signer
 from lienthong.signing.keys import init_keys, load_signer, load_trust_store
@@ -85,3 +87,60 @@ def state_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     metadata.drop_all(engine)
     engine.dispose()
     yield POSTGRES_STATE_DB
+
+
+STAGING_CONN_ID = "lienthong_staging"
+# moto takes any credentials; Airflow masks a connection's secret in logs only from 5 characters.
+S3_KEY, S3_SECRET = "moto-access-key", "moto-secret-key"
+STAGING_STORES = ["local", pytest.param("s3", marks=pytest.mark.s3)]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server, over real HTTP on a port of its own: the protocol s3fs speaks to a bucket."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        pytest.skip("moto[server] is not installed (it is in the test extra: scripts/setup-venv.sh)")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def s3_client(endpoint: str) -> Any:
+    """boto3's S3 client for moto's server: what the tests check a bucket with, apart from staging's own code."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=S3_KEY,
+                        aws_secret_access_key=S3_SECRET)
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket, and the Airflow connection to it (aws, the endpoint in its extra) as an
+    environment variable, which the processes of an Airflow run inherit. Returns the staging URL
+    in it, for ``LIENTHONG_STAGING_URL`` (or a ``Deployment``'s ``staging_url``)."""
+    bucket = f"staging-{uuid.uuid4().hex[:12]}"
+    s3_client(s3_endpoint).create_bucket(Bucket=bucket)
+    monkeypatch.setenv(f"AIRFLOW_CONN_{STAGING_CONN_ID.upper()}", json.dumps({
+        "conn_type": "aws", "login": S3_KEY, "password": S3_SECRET,
+        "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}}))
+    return f"s3://{bucket}/staging"
+
+
+@pytest.fixture
+def s3_staging(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Staging in ``s3_bucket`` for this process and the ones it starts, chosen by the settings."""
+    monkeypatch.setenv("LIENTHONG_STAGING_URL", s3_bucket)
+    monkeypatch.setenv("LIENTHONG_STAGING_CONN_ID", STAGING_CONN_ID)
+    return s3_bucket
+
+
+@pytest.fixture(params=STAGING_STORES)
+def staged_home(request: pytest.FixtureRequest, home: Settings) -> Settings:
+    """``home`` with its staging in the local folder (the default) or in an S3 bucket."""
+    if request.param == "s3":
+        request.getfixturevalue("s3_staging")
+    return Settings.from_env()

@@ -19,17 +19,12 @@ import requests
 from lienthong import airflow_env
 from lienthong.demo import run_routes
 from lienthong.sandbox.portal import sandbox_stats
-from lienthong.staging import STAGES, RunStaging
+from lienthong.staging import STAGES, RunStaging, latest_run
 from tests.e2e import World, account_for_every_dossier, world
 
 pytestmark = pytest.mark.slow
 ROUTE = "stp_h40__dossiers"
 DOSSIERS = 1500
-
-
-def _current_staging(w: World, since: float) -> RunStaging | None:
-    runs = [p for p in w.settings.staging_dir.glob(f"{ROUTE}__*") if p.stat().st_mtime >= since - 1]
-    return RunStaging(w.settings.staging_dir, max(runs, key=lambda p: p.stat().st_mtime).name) if runs else None
 
 
 def _run_and_kill(w: World, moment: Callable[[RunStaging], bool]) -> str:
@@ -41,7 +36,7 @@ def _run_and_kill(w: World, moment: Callable[[RunStaging], bool]) -> str:
     child = airflow_env.start_dag_runs([ROUTE], env, w.settings.home / ".crash-result.jsonl", log_file)
     try:
         while True:
-            staging = _current_staging(w, started)
+            staging = latest_run(w.settings.staging_dir, ROUTE, started)
             if staging is not None and moment(staging):
                 break
             assert child.poll() is None, f"the run ended before the kill point; see {log_file}"

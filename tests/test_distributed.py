@@ -32,3 +32,15 @@ def test_airflow_records_the_worker_name_as_the_task_instance_hostname(monkeypat
     assert get_hostname() == "worker-a"
     monkeypatch.delenv(distributed.WORKER_NAME_VARIABLE)
     assert get_hostname() == socket.getfqdn()
+
+
+def test_a_deployment_moves_staging_to_object_storage_by_settings_alone(
+        home: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    deployment = distributed.Deployment(**{**DEPLOYMENT.__dict__, "staging_url": "s3://tinh-lgsp/staging",
+                                           "staging_conn_id": "lienthong_staging"})
+    for key, value in distributed.environment(home, deployment).items():
+        monkeypatch.setenv(key, value)
+    staging = Settings.from_env().staging_dir
+    assert (staging.protocol, staging.bucket, staging.key, staging.conn_id) == (
+        "s3", "tinh-lgsp", "staging", "lienthong_staging")
+    assert "LIENTHONG_STAGING_URL" not in DEPLOYMENT.settings()  # unset: the shared home's folder

@@ -1,14 +1,14 @@
 """A stage that fails part-way resumes from staging: the retried push sends only what is left.
 
-The stages are called directly here (the DAG tests run them through Airflow); the dossier
-database, the population database and the portal are the real sandbox over ODBC and HTTP.
+The stages are called directly here (the DAG tests run them through Airflow), each test staging
+in a local folder and in an S3 bucket (moto's server over HTTP); the dossier database, the
+population database and the portal are the real sandbox over ODBC and HTTP.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -46,15 +46,15 @@ class FailAfter:
 
 
 @pytest.fixture
-def sandbox(home: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FailAfter, str]]:
-    init_keys(home.keys_dir)
+def sandbox(staged_home: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FailAfter, str]]:
+    init_keys(staged_home.keys_dir)
     users = {"lgsp": "secret-password"}
-    portal_app = FailAfter(portal.create_app(home.sandbox_dir / "portal.db",
-                                             load_trust_store(home.keys_dir), users), allowed=6)
-    home.sandbox_dir.mkdir(parents=True, exist_ok=True)
-    with ServerThread(population.create_app(home.sandbox_dir / "population.db")) as pop, ServerThread(portal_app) as web:
+    portal_app = FailAfter(portal.create_app(staged_home.sandbox_dir / "portal.db",
+                                             load_trust_store(staged_home.keys_dir), users), allowed=6)
+    staged_home.sandbox_dir.mkdir(parents=True, exist_ok=True)
+    with ServerThread(population.create_app(staged_home.sandbox_dir / "population.db")) as pop, ServerThread(portal_app) as web:
         conns = {
-            connection.DOSSIER_DB: services.dossier_db_connection(home),
+            connection.DOSSIER_DB: services.dossier_db_connection(staged_home),
             connection.POPULATION: {"conn_type": "http", "host": "127.0.0.1", "port": pop.port},
             connection.PORTAL: {"conn_type": "http", "host": "127.0.0.1", "port": web.port, "login": "lgsp",
                                 "password": "secret-password",
@@ -62,23 +62,23 @@ def sandbox(home: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[F
         }
         for conn_id, conn in conns.items():
             monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
-        services.seed_dossiers(home, sqlite_connection_string(home.sandbox_dir / "dossiers.db"), 1200)
-        approve_examples(home, "so-tu-phap.yaml")
+        services.seed_dossiers(staged_home, sqlite_connection_string(staged_home.sandbox_dir / "dossiers.db"), 1200)
+        approve_examples(staged_home, "so-tu-phap.yaml")
         yield portal_app, web.url
 
 
-def test_a_push_that_fails_part_way_resumes_without_sending_anything_twice(home: Settings, sandbox) -> None:
+def test_a_push_that_fails_part_way_resumes_without_sending_anything_twice(staged_home: Settings, sandbox) -> None:
     portal_app, url = sandbox
     run_id = stages.run_id_for(ROUTE, "manual__resume")
     stages.extract(ROUTE, run_id)
     for stage in (stages.verify, stages.map_records, stages.gate_records, stages.sign):
         stage(ROUTE, run_id)
-    signed = RunStaging(home.staging_dir, run_id).stage("sign")
+    signed = RunStaging(staged_home.staging_dir, run_id).stage("sign")
     sealed = sum(1 for i in signed.parts() for r in signed.read_part(i) if r)
 
     with pytest.raises(PortalUnavailable):
         stages.push(ROUTE, run_id)
-    push = RunStaging(home.staging_dir, run_id).stage("push")
+    push = RunStaging(staged_home.staging_dir, run_id).stage("push")
     acked_before = sum(1 for i in push.parts() for a in push.read_part(i) if a)
     assert 0 < acked_before < sealed and not push.done
     received_before = portal.sandbox_stats(url)["received"]
@@ -92,11 +92,11 @@ def test_a_push_that_fails_part_way_resumes_without_sending_anything_twice(home:
 
     settled = stages.record(ROUTE, run_id)
     assert settled["pulled"] == 1200 == settled["acknowledged"] + settled["quarantined"]
-    assert not Path(RunStaging(home.staging_dir, run_id).root).exists()  # settled staging, with personal data, is gone
+    assert not RunStaging(staged_home.staging_dir, run_id).root.exists()  # settled staging, with personal data, is gone
 
 
 def test_a_run_whose_worker_died_is_settled_by_the_next_run_from_its_staging(
-        home: Settings, sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+        staged_home: Settings, sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
     portal_app, url = sandbox
     portal_app.healed = True
     dead = stages.run_id_for(ROUTE, "manual__dead")
@@ -121,7 +121,7 @@ def test_a_run_whose_worker_died_is_settled_by_the_next_run_from_its_staging(
 
 
 def test_partitions_of_a_run_go_through_the_stages_in_any_order_and_every_record_is_settled(
-        home: Settings, sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+        staged_home: Settings, sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
     """What a distributed run does: each worker takes a partition of each stage, in no set order."""
     portal_app, url = sandbox
     portal_app.healed = True
@@ -129,7 +129,7 @@ def test_partitions_of_a_run_go_through_the_stages_in_any_order_and_every_record
     run_id = stages.run_id_for(ROUTE, "manual__partitions")
     stages.extract(ROUTE, run_id)
     assert stages.partitions(run_id) == 3
-    staging = RunStaging(home.staging_dir, run_id)
+    staging = RunStaging(staged_home.staging_dir, run_id)
     plan = staging.partitions()
     assert sorted(i for part in plan for i in part) == staging.stage("extract").parts()
     monkeypatch.setenv("LIENTHONG_PARTITIONS", "2")  # a changed setting does not re-plan a run

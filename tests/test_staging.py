@@ -1,0 +1,68 @@
+"""The staging area's guarantees, on a local folder and on an S3 bucket (moto's server over HTTP):
+a part is complete or absent, marks add up across partitions, the heartbeat moves with every
+write, and purging a route leaves no personal data behind and nothing of other routes lost."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator
+
+import pytest
+
+from lienthong.settings import Settings
+from lienthong.staging import RunStaging, latest_run, purge_route
+
+
+def _records(count: int, fail_at: int | None = None) -> Iterator[dict[str, Any]]:
+    for i in range(count):
+        if i == fail_at:
+            raise ConnectionError("the source went away")
+        yield {"id": str(i), "row": {"full_name": "Nguyễn Văn A", "n": i}}
+
+
+def test_parts_are_complete_or_absent_and_read_back_in_order(staged_home: Settings) -> None:
+    stage = RunStaging(staged_home.staging_dir, "r__1").stage("extract")
+    assert stage.parts() == [] and not stage.has_part(0)
+    assert stage.write_part(0, _records(300)) == 300
+    with pytest.raises(ConnectionError):
+        stage.write_part(1, _records(300, fail_at=200))
+    assert stage.parts() == [0] and not stage.has_part(1)  # the half-written part left nothing
+    stage.write_part(2, _records(3))
+    assert stage.parts() == [0, 2] and stage.has_part(2)
+    assert stage.read_part(0) == list(_records(300))
+    assert [(i, len(rows)) for i, rows in stage.read_all()] == [(0, 300), (2, 3)]
+
+
+def test_partition_marks_add_up_to_the_stage_mark_once_all_are_done(staged_home: Settings) -> None:
+    staging = RunStaging(staged_home.staging_dir, "r__1")
+    extract = staging.stage("extract")
+    for i in range(5):
+        extract.write_part(i, _records(2))
+    assert staging.partitions(2) == [[0, 1, 2], [3, 4]]
+    assert staging.partitions(5) == [[0, 1, 2], [3, 4]]  # planned once
+    verify = staging.stage("verify")
+    verify.report_progress({"records": 4}, partition=1)
+    verify.report_progress({"records": 1}, partition=0)
+    assert verify.progress() == {"records": 5}
+    verify.mark_partition_done(1, 2, {"records": 4})
+    assert verify.partition_done(1) and not verify.done
+    verify.mark_partition_done(0, 2, {"records": 6, "failed": 1})
+    assert verify.done and verify.counts() == {"records": 10, "failed": 1}
+    assert verify.progress() == verify.counts()
+
+
+def test_the_heartbeat_moves_with_writes_and_purge_takes_only_the_route(staged_home: Settings) -> None:
+    root = staged_home.staging_dir
+    mine, other = RunStaging(root, "route_a__1"), RunStaging(root, "route_b__1")
+    assert mine.last_written() is None and latest_run(root, "route_a", 0) is None
+    before = time.time()
+    mine.stage("extract").write_part(0, _records(2))
+    other.stage("extract").write_part(0, _records(2))
+    written = mine.last_written()
+    assert written is not None and written >= int(before) - 1  # S3 keeps whole seconds
+    assert latest_run(root, "route_a", before).run_id == "route_a__1"
+    assert latest_run(root, "route_a", time.time() + 60) is None
+
+    purge_route(root, "route_a")
+    assert mine.last_written() is None and not mine.root.exists() and mine.stage("extract").parts() == []
+    assert other.stage("extract").read_part(0) == list(_records(2))
