@@ -368,7 +368,7 @@ class _RunOutcomes:
     def __init__(self, route: Route, staging: RunStaging) -> None:
         self.route = route
         self.stages = {name: staging.stage(name) for name in ("extract", "map", "gate", "sign", "push")}
-        self.staged = _StagedOutcomes(StageDir(staging.root, "outcomes"), self.stages["extract"])
+        self.staged = _StagedOutcomes(StageDir(staging.folder, "outcomes"), self.stages["extract"])
 
     def computed(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         """(extracted row, outcome) pairs, in pull order, one staged part in memory at a time;
