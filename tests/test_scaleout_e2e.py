@@ -1,6 +1,8 @@
 """The dossier and status routes run distributed, by configuration alone: PostgreSQL for Airflow's
-metadata and the ledger, Redis as the Celery broker, an API server, a scheduler, a DAG processor
-and two Celery workers on this machine sharing one data folder. Each route is backfilled with
+metadata and the ledger, Redis as the Celery broker, staging in an S3 bucket (moto's server over
+HTTP), an API server, a scheduler, a DAG processor and two Celery workers on this machine (sharing
+one data folder for the keys and logs, as machines would share a key store and log shipping, but
+no staging). Each route is backfilled with
 ``airflow backfill create`` as a province would, each run in two partitions. The run that pulls
 the records must settle the ledger as the embedded run (one partition) does, both workers must have
 taken partitions of it, and the backfill's later runs, which find nothing new, must succeed too.
@@ -37,9 +39,10 @@ from lienthong.demo import run_routes
 from lienthong.sandbox import dossier_db
 from lienthong.sandbox.http import free_port
 from lienthong.settings import Settings
+from tests.conftest import STAGING_CONN_ID, s3_client
 from tests.e2e import world
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.s3]
 
 REDIS_SERVER = Path("/usr/bin/redis-server")
 ROUTES = ("stp_h40__dossiers", "stp_h40__status")
@@ -206,7 +209,8 @@ def dag_runs(engine: Engine) -> dict[str, list[tuple[str, str]]]:
 
 
 def test_two_celery_workers_backfill_the_ledger_as_the_embedded_run_settles_it(
-        tmp_path: Path, databases: tuple[str, str], processes: Processes, metadata: Engine) -> None:
+        tmp_path: Path, databases: tuple[str, str], processes: Processes, metadata: Engine,
+        s3_bucket: str, s3_endpoint: str) -> None:
     if not REDIS_SERVER.exists():
         pytest.skip(f"{REDIS_SERVER} is missing: make setup installs Debian's redis-server")
     metadata_db, state_db = databases
@@ -214,7 +218,8 @@ def test_two_celery_workers_backfill_the_ledger_as_the_embedded_run_settles_it(
     api = f"http://127.0.0.1:{api_port}"
     deployment = distributed.Deployment(metadata_db=metadata_db, state_db=state_db,
                                         broker_url=f"redis://127.0.0.1:{broker_port}/0", api_url=api,
-                                        jwt_secret=secrets.token_urlsafe(32), partitions=len(WORKERS))
+                                        jwt_secret=secrets.token_urlsafe(32), partitions=len(WORKERS),
+                                        staging_url=s3_bucket, staging_conn_id=STAGING_CONN_ID)
     processes.start("redis", [str(REDIS_SERVER), "--port", str(broker_port), "--bind", "127.0.0.1",
                               "--save", "", "--appendonly", "no"], os.environ.copy())
     processes.start("db-migrate", airflow("db", "migrate"), distributed.environment(
@@ -264,6 +269,10 @@ def test_two_celery_workers_backfill_the_ledger_as_the_embedded_run_settles_it(
             assert got[route][1] == expected[route], route
         audit = verify_runs(Ledger(state_db), keys_dir=w.settings.keys_dir)
         assert (audit.problems, audit.runs_checked) == ([], sum(BACKFILL_RUNS.values()))
+        # Staged in the bucket alone, and nothing (personal data) left there once the runs succeeded.
+        assert not (w.settings.home / "staging").exists()
+        bucket = s3_bucket.removeprefix("s3://").split("/")[0]
+        assert s3_client(s3_endpoint).list_objects_v2(Bucket=bucket)["KeyCount"] == 0
 
 
 def backfill_together(processes: Processes, api: str, s: Settings, metadata: Engine, env: dict[str, str]) -> None:
