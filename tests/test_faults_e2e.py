@@ -23,7 +23,7 @@ import pyodbc
 import pytest
 import requests
 
-from lienthong.connectors import connection
+from lienthong.connectors import connection, odbc
 from lienthong.connectors.rest import PortalUnavailable
 from lienthong.demo import run_routes
 from lienthong.routes import stages
@@ -151,17 +151,21 @@ class ConnectionKiller(threading.Thread):
     young that is depends on how busy the machine is, so the test gives each session a fixed span.
     """
 
-    def __init__(self, every_s: float, older_than_s: float = 0.0) -> None:
+    def __init__(self, every_s: float, older_than_s: float = 0.0, between_queries: bool = False) -> None:
+        """``between_queries``: only sessions resting between two queries (idle, or idle in their
+        transaction), so every kill lands between batches, whatever the machine's speed."""
         super().__init__(daemon=True)
         self.every_s, self.older_than_s, self.killed, self._halt = every_s, older_than_s, 0, threading.Event()
+        self.states = ["idle", "idle in transaction"] if between_queries else None
 
     def run(self) -> None:
         with psycopg.connect(f"postgresql://lienthong:lienthong@127.0.0.1:5432/{PG_DATABASE}", autocommit=True) as conn:
             while not self._halt.wait(self.every_s):
                 rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                     "WHERE datname = %s AND pid <> pg_backend_pid() "
-                                    "AND backend_start < clock_timestamp() - make_interval(secs => %s)",
-                                    (PG_DATABASE, self.older_than_s)).fetchall()
+                                    "AND backend_start < clock_timestamp() - make_interval(secs => %s) "
+                                    "AND (%s::text[] IS NULL OR state = ANY(%s::text[]))",
+                                    (PG_DATABASE, self.older_than_s, self.states, self.states)).fetchall()
                 self.killed += sum(1 for (ok,) in rows if ok)
 
     def stop(self) -> None:
@@ -174,8 +178,11 @@ def test_a_dossier_database_dropping_the_connection_between_batches_loses_nothin
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with world(tmp_path / "home", 0) as w:
         dossiers = _dossiers_on_postgres(w, monkeypatch, 2000)
+        # Keyset pages of 100 rows: the pull is 20 queries with the session resting between them
+        # while each part is written; in one page of 10,000 there would be nothing between.
+        monkeypatch.setattr(odbc, "QUERY_ROWS", 100)
         warnings = Warnings("lienthong.connectors.odbc")
-        killer = ConnectionKiller(every_s=0.05, older_than_s=0.1)
+        killer = ConnectionKiller(every_s=0.005, older_than_s=0.1, between_queries=True)
         killer.start()
         try:
             runs = _sync_until_settled()
