@@ -368,7 +368,7 @@ class _RunOutcomes:
     def __init__(self, route: Route, staging: RunStaging) -> None:
         self.route = route
         self.stages = {name: staging.stage(name) for name in ("extract", "map", "gate", "sign", "push")}
-        self.staged = _StagedOutcomes(StageDir(staging.folder, "outcomes"), self.stages["extract"])
+        self.staged = _StagedOutcomes(StageDir(staging.folder, "outcomes"))
 
     def computed(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         """(extracted row, outcome) pairs, in pull order, one staged part in memory at a time;
@@ -387,13 +387,12 @@ class _StagedOutcomes:
     """The outcomes :meth:`_RunOutcomes.computed` staged, re-iterable as the settle needs them;
     times come back as ISO text, which the ledger reads as it reads its own."""
 
-    def __init__(self, stage: StageDir, extract: StageDir) -> None:
+    def __init__(self, stage: StageDir) -> None:
         self.stage = stage
-        self.extract = extract
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for index in self.extract.parts():
-            yield from self.stage.read_part(index)
+        for _, outcomes in self.stage.read_all():
+            yield from outcomes
 
 
 def _outcome(route: Route, extracted: dict[str, Any], mapped: dict[str, Any] | None,
