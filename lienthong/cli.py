@@ -159,14 +159,13 @@ def sandbox_up(
     from lienthong.connectors.connection import use_connections
     from lienthong.demo import SYSTEMS
     from lienthong.sandbox import services
-    from lienthong.sandbox.http import free_port
     from lienthong.sandbox.serve import SERVICES
     from lienthong.settings import settings
     from lienthong.signing.keys import init_keys
 
     s = settings()
     init_keys(s.keys_dir)
-    ports = {name: free_port() for name in SERVICES} | {"population": population_port, "portal": portal_port}
+    ports = dict.fromkeys(SERVICES, 0) | {"population": population_port, "portal": portal_port}
     with services.start(s, ports, latency_ms={"population": latency_ms}) as sandbox:
         conns = sandbox.connections()
         use_connections(conns)

@@ -16,7 +16,6 @@ from lienthong.audit.manifest import Seal, Sealer, platform_sealer, stamp_or_non
 from lienthong.connectors import connection
 from lienthong.connectors.streams import Cursor
 from lienthong.sandbox import services
-from lienthong.sandbox.http import free_port
 from lienthong.settings import Settings
 
 FACTS = {"connector": {"id": "so-tu-phap", "version": 1}, "mapping": {"name": "hoso", "version": 2, "hash": "ab" * 32},
@@ -81,6 +80,6 @@ def running_tsa(home: Path) -> Iterator[services.Sandbox]:
     """The sandbox TSA in its own process, its connection offered the way Airflow reads it."""
     with pytest.MonkeyPatch.context() as mp:
         s = Settings(home=home, state_db_url="unused")
-        with services.Sandbox(s, {"tsa": free_port()}).start() as sandbox:
+        with services.Sandbox(s, {"tsa": 0}).start() as sandbox:
             mp.setenv(f"AIRFLOW_CONN_{connection.TSA.upper()}", json.dumps(sandbox.tsa_connection()))
             yield sandbox

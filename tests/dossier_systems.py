@@ -14,7 +14,6 @@ from lienthong.connectors.streams import Cursor, Stream
 from lienthong.mappings.engine import MappingEngine
 from lienthong.mappings.spec import MappingSpec, load
 from lienthong.sandbox import services
-from lienthong.sandbox.http import free_port
 from lienthong.settings import Settings
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "lienthong" / "registry" / "examples"
@@ -37,7 +36,7 @@ def running(tmp_path_factory: pytest.TempPathFactory, system: str) -> Iterator[S
         s = Settings.from_env()
         services.seed_system(s, system, COUNT)
         name = f"dossier_{system}"
-        with services.Sandbox(s, {name: free_port()}).start() as sandbox:
+        with services.Sandbox(s, {name: 0}).start() as sandbox:
             for conn_id, conn in sandbox.dossier_system_connections().items():
                 mp.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
             yield s

@@ -17,7 +17,6 @@ from lienthong.audit.timestamp import ca_file, stamp, verify
 from lienthong.cli import app
 from lienthong.connectors import connection
 from lienthong.sandbox import services
-from lienthong.sandbox.http import free_port
 from lienthong.settings import Settings
 from lienthong.signing.jws import CERTIFICATE_UNTRUSTED, SignatureError, Signer
 from lienthong.signing.keys import (
@@ -107,7 +106,7 @@ def tsa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LIENTHONG_HOME", str(tmp_path_factory.mktemp("tsa-home")))
         mp.delenv("LIENTHONG_STATE_DB", raising=False)
-        with services.Sandbox(Settings.from_env(), {"tsa": free_port()}).start() as running:
+        with services.Sandbox(Settings.from_env(), {"tsa": 0}).start() as running:
             mp.setenv(f"AIRFLOW_CONN_{connection.TSA.upper()}", json.dumps(running.tsa_connection()))
             yield ca_file()
 

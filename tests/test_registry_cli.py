@@ -16,7 +16,6 @@ import pytest
 
 from lienthong.registry.store import Registry
 from lienthong.sandbox import services
-from lienthong.sandbox.http import free_port
 from lienthong.settings import PROJECT_ROOT, Settings
 from lienthong.signing.keys import init_keys
 from tests.conftest import sqlite_connection_string
@@ -39,7 +38,7 @@ def systems(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     s.sandbox_dir.mkdir(parents=True)
     for system in MANIFESTS:
         services.seed_system(s, system, 30)
-    with services.Sandbox(s, {"dossier_soap": free_port(), "dossier_rest": free_port()}).start() as sandbox:
+    with services.Sandbox(s, {"dossier_soap": 0, "dossier_rest": 0}).start() as sandbox:
         conns = {**sandbox.dossier_system_connections(), "lienthong_dossier_db": services.dossier_db_connection(s)}
         env.update({f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn) for conn_id, conn in conns.items()})
         yield env

@@ -17,7 +17,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from lienthong.audit.timestamp import TimestampError, TsaUnavailable, ca_file, stamp, verify
 from lienthong.connectors import connection
 from lienthong.sandbox import services
-from lienthong.sandbox.http import free_port
 from lienthong.sandbox.tsa import init_tsa
 from lienthong.settings import Settings
 from lienthong.signing.rfc3161 import TimeStampResp
@@ -31,7 +30,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Sandb
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LIENTHONG_HOME", str(tmp_path_factory.mktemp("home")))
         mp.delenv("LIENTHONG_STATE_DB", raising=False)
-        with services.Sandbox(Settings.from_env(), {"tsa": free_port()}).start() as running:
+        with services.Sandbox(Settings.from_env(), {"tsa": 0}).start() as running:
             mp.setenv(f"AIRFLOW_CONN_{connection.TSA.upper()}", json.dumps(running.tsa_connection()))
             yield running
 

@@ -51,7 +51,8 @@ def build_app(name: str, data_dir: Path, trust_store: Path | None, faults: Fault
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("name", choices=SERVICES)
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, required=True, help="0: any free port, written to --port-file")
+    parser.add_argument("--port-file", type=Path, help="where to write the port bound, once listening")
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--trust-store", type=Path, help="CA certificates the portal trusts (PEM)")
     parser.add_argument("--crl", type=Path, help="the CA's revocation list the portal checks (PEM)")
@@ -63,7 +64,12 @@ def main() -> None:
     app = build_app(args.name, args.data_dir, args.trust_store, faults, args.crl)
     # Stopped by SIGTERM: exit as on Ctrl-C, so that the portal's judge workers are shut down too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    build_server(app, args.port, access_log=args.access_log).serve_forever()
+    server = build_server(app, args.port, access_log=args.access_log)
+    if args.port_file:  # whole or absent: the parent polls for it
+        tmp = args.port_file.with_name(f"{args.port_file.name}.tmp")
+        tmp.write_text(str(server.server_port))
+        tmp.replace(args.port_file)
+    server.serve_forever()
 
 
 if __name__ == "__main__":

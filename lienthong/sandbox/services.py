@@ -18,7 +18,7 @@ import requests
 
 from lienthong.connectors import connection
 from lienthong.sandbox import dossier_db, dossier_system, seed
-from lienthong.sandbox.http import HOST, free_port
+from lienthong.sandbox.http import HOST
 from lienthong.settings import Settings
 from lienthong.signing.keys import KeyPaths
 
@@ -85,8 +85,10 @@ class Sandbox:
         s.logs_dir.mkdir(parents=True, exist_ok=True)
         portal_password(s)
         for name, port in self.ports.items():
+            port_file = self._port_file(name)
+            port_file.unlink(missing_ok=True)
             cmd = [sys.executable, "-m", "lienthong.sandbox.serve", name, "--port", str(port),
-                   "--data-dir", str(s.sandbox_dir), "--access-log",
+                   "--port-file", str(port_file), "--data-dir", str(s.sandbox_dir), "--access-log",
                    "--latency-ms", str((latency_ms or {}).get(name, 0.0))]
             if name == "portal":
                 paths = KeyPaths.in_dir(s.keys_dir)
@@ -97,11 +99,21 @@ class Sandbox:
             self._wait_healthy(name)
         return self
 
+    def _port_file(self, name: str) -> Path:
+        return self.settings.sandbox_dir / f"{name}.port"
+
     def _wait_healthy(self, name: str, timeout: float = 60) -> None:
+        """Until the service answers; a port of 0 becomes the one it bound (it writes it to its
+        port file). Binding the port itself is what keeps two sandboxes from racing for one:
+        a port found free here could be taken before the service got to bind it."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.processes[name].poll() is not None:
                 raise RuntimeError(f"sandbox {name} exited; see {self.settings.logs_dir / f'sandbox-{name}.log'}")
+            if not self._port_file(name).exists():
+                time.sleep(0.05)
+                continue
+            self.ports[name] = int(self._port_file(name).read_text())
             try:
                 if requests.get(f"{self.url(name)}/health", timeout=1).ok:
                     return
@@ -131,7 +143,7 @@ class Sandbox:
 def start(s: Settings, ports: dict[str, int] | None = None, latency_ms: dict[str, float] | None = None) -> Sandbox:
     from lienthong.sandbox.serve import SERVICES
 
-    ports = ports or {name: free_port() for name in SERVICES}
+    ports = ports or dict.fromkeys(SERVICES, 0)
     return Sandbox(s, ports).start(latency_ms)
 
 
