@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lienthong.audit import ledger as ledger_module
-from lienthong.audit import manifest, merkle, report
+from lienthong.audit import manifest, report
+from lienthong.signing import merkle
 from lienthong.audit import verify as v
 from lienthong.audit.ledger import ACKNOWLEDGED, Ledger, outcome_leaf
 from lienthong.routes import stages

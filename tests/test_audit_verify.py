@@ -61,7 +61,7 @@ def test_a_changed_outcome_is_named(ledger: Ledger, keys: Path) -> None:
 
 
 def test_a_changed_outcome_with_a_recomputed_leaf_hash_is_still_caught(ledger: Ledger, keys: Path) -> None:
-    from lienthong.audit import merkle
+    from lienthong.signing import merkle
     from lienthong.audit.manifest import leaf_bytes
 
     row = next(o for o in ledger.outcomes("run-2") if o["record_key"] == "H40-5")

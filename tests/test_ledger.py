@@ -8,7 +8,8 @@ from typing import Iterator
 import pytest
 
 from lienthong.audit import ledger as ledger_module
-from lienthong.audit import manifest, merkle
+from lienthong.audit import manifest
+from lienthong.signing import merkle
 from lienthong.audit.ledger import (ACKNOWLEDGED, FAILED, PENDING, QUARANTINED, SUCCESS, Ledger, LedgerError,
                                     outcome_leaf)
 from lienthong.connectors.streams import Cursor

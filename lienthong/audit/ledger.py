@@ -21,7 +21,8 @@ from sqlalchemy import (JSON, Column, DateTime, Index, Integer, LargeBinary, Met
                         UniqueConstraint, create_engine, insert, select, update)
 from sqlalchemy.engine import Connection, Engine
 
-from lienthong.audit import manifest, merkle
+from lienthong.audit import manifest
+from lienthong.signing import merkle
 from lienthong.connectors.streams import Cursor
 from lienthong.logs import mask_personal_ids
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lienthong.audit import merkle
+from lienthong.signing import merkle
 from lienthong.audit.manifest import leaf_bytes
 from lienthong.audit.ledger import Ledger
 from lienthong.audit.verify import Problem, VerifyReport, verify_runs

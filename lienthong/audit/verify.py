@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from lienthong.audit import manifest, merkle, timestamp
+from lienthong.audit import manifest, timestamp
+from lienthong.signing import merkle
 from lienthong.audit.ledger import ACKNOWLEDGED, PENDING, QUARANTINED, Ledger
 
 # What a problem is about; stable names, for tests and for the web page's badges.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lienthong.audit import merkle
+from lienthong.signing import merkle
 
 # certificate-transparency merkle_tree_test.cc: eight leaf inputs and the root over the first n.
 CT_LEAVES = [bytes.fromhex(h) for h in (

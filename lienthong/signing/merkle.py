@@ -84,12 +84,19 @@ def root(leaf_hashes: Iterable[bytes]) -> bytes:
 
 def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], root_hash: bytes) -> bool:
     """Whether ``proof`` leads from the leaf hash at ``index`` to ``root_hash`` (RFC 9162 2.1.3.2)."""
+    return root_from_inclusion(leaf, index, size, proof) == root_hash
+
+
+def root_from_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes]) -> bytes | None:
+    """The root that ``proof`` leads to from the leaf hash at ``index`` of a tree of ``size``,
+    None when the proof does not fit that position (RFC 9162 2.1.3.2): a signed record carries
+    no root, only its proof, and the root it leads to is what the batch signature must cover."""
     if not 0 <= index < size:
-        return False
+        return None
     fn, sn, r = index, size - 1, leaf
     for p in proof:
         if sn == 0:
-            return False
+            return None
         if fn & 1 or fn == sn:
             r = node_hash(p, r)
             while not fn & 1 and fn != 0:
@@ -99,4 +106,4 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
             r = node_hash(r, p)
         fn >>= 1
         sn >>= 1
-    return sn == 0 and r == root_hash
+    return r if sn == 0 else None
