@@ -24,12 +24,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from lienthong.connectors.rest import PortalSink
 from lienthong.sandbox.http import ServerThread
 from lienthong.sandbox.portal import create_app, sandbox_stats
-from lienthong.signing.canonical import canonical_json
 from lienthong.signing.jws import Signer, thumbprint
 from lienthong.signing.keys import KeyPaths, agency_subject, init_keys, issue_certificate, load_signer
-from lienthong.signing.records import SIGNATURE, VERSION, seal, version_of
+from lienthong.signing.records import PROOF, SIGNATURE, VERSION, seal, seal_batch, version_of
 from lienthong.signing.trust import TrustStore
 from tests.corpus import load, params
+from tests.sealing import ALONE, head_of_one, sealed_as_given
 from tests.test_portal_rest import PASSWORD, USERNAME, dossier
 
 CORPUS = load("signatures")
@@ -99,7 +99,8 @@ def build_keys(keys_dir: Path, scratch: Path) -> Keys:
 
 def handmade(keys: Keys, payload: Record, key: str, chain: str, alg: Any = "ES256", x5t: str | None = None,
              extra: dict[str, Any] | None = None, repeat_chain: int | None = None, **_: Any) -> Record:
-    """A record sealed by hand, with whatever header, key and chain a forger chooses."""
+    """A record sealed by hand, alone in its batch, with whatever header, key and chain a forger
+    chooses."""
     versioned = {**payload, VERSION: version_of(payload)}
     certs = keys.pairs[chain][1] if chain in keys.pairs else []
     header: dict[str, Any] = {"alg": alg}
@@ -109,7 +110,7 @@ def handmade(keys: Keys, payload: Record, key: str, chain: str, alg: Any = "ES25
         header["x5c"] = [der(c) for c in certs] * (repeat_chain or 1)
         header["x5t#S256"] = thumbprint(keys.pairs[x5t][1][0] if x5t else certs[0])
     header |= extra or {}
-    signing_input = f"{b64(json.dumps(header).encode())}.{b64(canonical_json(versioned))}".encode()
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(head_of_one(versioned))}".encode()
     certificate = keys.agency.certificate
     if key == "none":
         signature = b""
@@ -123,7 +124,7 @@ def handmade(keys: Keys, payload: Record, key: str, chain: str, alg: Any = "ES25
         algorithm = jwt.algorithms.get_default_algorithms()[alg]
         signature = algorithm.sign(signing_input, keys.pairs[key][0])
     head = signing_input.split(b".")[0].decode()
-    return {**versioned, SIGNATURE: f"{head}..{b64(signature)}"}
+    return {**versioned, PROOF: ALONE, SIGNATURE: f"{head}..{b64(signature)}"}
 
 
 def forge(keys: Keys, case: dict[str, Any], n: int) -> tuple[list[list[Record]], list[Record]]:
@@ -132,6 +133,8 @@ def forge(keys: Keys, case: dict[str, Any], n: int) -> tuple[list[list[Record]],
     payload = dossier(n)
     sealed = seal(payload, keys.agency)
     sig = sealed[SIGNATURE]
+    batch = seal_batch([dossier(n + 1), payload, dossier(n + 2)], keys.agency)  # payload's leaf is 1 of 3
+    member = batch[1]
     recipes: dict[str, Callable[[], Any]] = {
         "tamper": lambda: {**sealed, args["field"]: args["value"]},
         "nfd": lambda: {**sealed, args["field"]: unicodedata.normalize("NFD", sealed[args["field"]])},
@@ -142,14 +145,22 @@ def forge(keys: Keys, case: dict[str, Any], n: int) -> tuple[list[list[Record]],
         "zero_signature": lambda: {**sealed, SIGNATURE: sig.split("..")[0] + ".." + "A" * len(sig.split("..")[1])},
         "borrowed_header": lambda: {**sealed, SIGNATURE: seal(payload, keys.platform)[SIGNATURE].split("..")[0]
                                     + ".." + sig.split("..")[1]},
-        "attached": lambda: {**sealed, SIGNATURE: sig.replace("..", f".{b64(canonical_json(_unsigned(sealed)))}.")},
+        "attached": lambda: {**sealed, SIGNATURE: sig.replace("..", f".{b64(head_of_one(payload | {VERSION: sealed[VERSION]}))}.")},
         "set_signature": lambda: {**sealed, SIGNATURE: args["value"]},
         "drop_signature": lambda: _unsigned(sealed),
         "raw_header": lambda: {**sealed, SIGNATURE: f"{args['header']}..{sig.split('..')[1]}"},
         "pad_header": lambda: {**sealed, SIGNATURE: sig.replace("..", "=" * (-len(sig.split("..")[0]) % 4 or 4) + "..")},
         "handmade": lambda: handmade(keys, payload, **args),
         "stranger": lambda: seal(payload, keys.stranger),
-        "wrong_version": lambda: _wrong_version(payload, keys.agency),
+        "wrong_version": lambda: sealed_as_given({**payload, VERSION: "2" * 64}, keys.agency),
+        "tamper_in_batch": lambda: {**member, args["field"]: args["value"]},
+        "set_proof": lambda: {**member, PROOF: {**member[PROOF], args["field"]: args["value"]}},
+        "flip_path_hash": lambda: {**member, PROOF: {**member[PROOF], "path": [_flip_hex(member[PROOF]["path"][0]),
+                                                                               *member[PROOF]["path"][1:]]}},
+        "proof_of_another_member": lambda: {**member, PROOF: batch[2][PROOF]},
+        "signature_of_another_batch": lambda: {**member, SIGNATURE: seal_batch([dossier(n + 3), dossier(n + 4)],
+                                                                                keys.agency)[1][SIGNATURE]},
+        "drop_proof": lambda: {k: v for k, v in member.items() if k != PROOF},
     }
     if case["forge"] in recipes:
         return [], [recipes[case["forge"]]()]
@@ -174,15 +185,14 @@ def _flip(signature: str) -> str:
     return f"{head}..{tail[:middle]}{'B' if tail[middle] == 'A' else 'A'}{tail[middle + 1:]}"
 
 
+def _flip_hex(digest: str) -> str:
+    return ("1" if digest[0] == "0" else "0") + digest[1:]
+
+
 def _with_document_hash(sealed: Record, value: str) -> Record:
     record = copy.deepcopy(sealed)
     record["TaiLieuNop"][0]["MaHashTep"] = value
     return record
-
-
-def _wrong_version(payload: Record, signer: Signer) -> Record:
-    versioned = {**payload, VERSION: "2" * 64}
-    return {**versioned, SIGNATURE: signer.sign(canonical_json(versioned))}
 
 
 @pytest.fixture(scope="module")

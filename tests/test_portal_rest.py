@@ -19,10 +19,10 @@ from lienthong.connectors.rest import Ack, PortalError, PortalSink, PortalUnavai
 from lienthong.sandbox.faults import FaultConfig
 from lienthong.sandbox.http import ServerThread, free_port
 from lienthong.sandbox.portal import create_app, sandbox_stats
-from lienthong.signing.canonical import canonical_json
 from lienthong.signing.jws import Signer
 from lienthong.signing.keys import init_keys, load_signer
 from lienthong.signing.records import seal, unseal
+from tests.sealing import sealed_as_given
 from lienthong.signing.trust import TrustStore
 
 USERNAME, PASSWORD = "lgsp", "mat-khau-sandbox"
@@ -115,7 +115,7 @@ def test_each_record_of_a_batch_is_judged_on_its_own(
         {**seal(dossier(2), signer), "TrangThaiHoSo": 9},  # changed after sealing
         seal(dossier(3), stranger),
         seal(dossier(4, MaTTHC="1.1", TaiLieuNop=[bad_hash]), signer),
-        {**wrong_version, "ChuKySo": signer.sign(canonical_json(wrong_version))},
+        sealed_as_given(wrong_version, signer),
         seal(dossier(6), signer),
     ]
 

@@ -27,7 +27,9 @@ from lienthong.signing.keys import (
     load_signer,
     load_trust_store,
 )
-from lienthong.signing.records import seal, unseal, version_of
+from lienthong.signing import records
+from lienthong.signing.records import seal, seal_batch, unseal, version_of
+from tests.sealing import sealed_as_given
 from lienthong.signing.trust import TrustStore
 
 PAYLOAD = canonical_json({"MaHoSo": "H12.99-250101-000001", "TrangThaiHoSo": 2})
@@ -269,7 +271,7 @@ def test_unseal_refuses_a_record_changed_after_sealing(signer: Signer, trust: Tr
 
 def test_unseal_tells_a_wrong_version_from_tampering(signer: Signer, trust: TrustStore) -> None:
     wrong = {**RECORD, "PhienBan": "0" * 64}
-    record = {**wrong, "ChuKySo": signer.sign(canonical_json(wrong))}
+    record = sealed_as_given(wrong, signer)
 
     with pytest.raises(SignatureError, match="version mismatch") as caught:
         unseal(record, trust)
@@ -279,3 +281,58 @@ def test_unseal_tells_a_wrong_version_from_tampering(signer: Signer, trust: Trus
 def test_unseal_refuses_a_record_without_signature(trust: TrustStore) -> None:
     with pytest.raises(SignatureError, match="malformed"):
         unseal({**RECORD, "PhienBan": content_hash(RECORD)}, trust)
+
+
+# --- sealed batches -------------------------------------------------------------------------
+
+def _batch(size: int) -> list[dict]:
+    return [{**RECORD, "MaHoSo": f"H12.99-250101-{i:06d}", "TrangThaiHoSo": 1 + i % 10} for i in range(size)]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 13])
+def test_every_record_of_a_sealed_batch_verifies_on_its_own(signer: Signer, trust: TrustStore, size: int) -> None:
+    payloads = _batch(size)
+    sealed = seal_batch(payloads, signer)
+
+    assert len({record["ChuKySo"] for record in sealed}) == 1
+    assert [record["BangChung"]["index"] for record in sealed] == list(range(size))
+    for payload, record in zip(payloads, sealed):
+        assert record["PhienBan"] == version_of(payload)
+        assert unseal(record, trust) == (payload, signer.certificate)  # no other record of the batch needed
+
+
+def test_an_unsealer_checks_a_batch_signature_once(signer: Signer, trust: TrustStore,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    checked: list[bytes] = []
+
+    def counting(jws: str, payload: bytes, *args: object) -> x509.Certificate:
+        checked.append(payload)
+        return verify_detached(jws, payload, *args)
+
+    monkeypatch.setattr(records, "verify_detached", counting)
+    unsealer = records.Unsealer(trust)
+    first, second = seal_batch(_batch(5), signer), seal_batch(_batch(3), signer)
+
+    assert [unsealer(record)[1] for record in [*first, *second]] == [signer.certificate] * 8
+    assert len(checked) == 2
+    with pytest.raises(SignatureError, match="bad signature"):  # a record moved into the first batch
+        unsealer({**second[1], "ChuKySo": first[0]["ChuKySo"]})
+    assert len(checked) == 3
+
+
+def test_a_third_party_verifies_a_batch_member_with_hashlib_and_pyjwt(signer: Signer) -> None:
+    """What an auditor does without this project: RFC 6962 hashing by hand, then any JWS library
+    over the tree head the path leads to."""
+    record = seal_batch(_batch(3), signer)[2]
+    proof = record["BangChung"]
+    leaf = hashlib.sha256(b"\x00" + canonical_json({k: v for k, v in record.items()
+                                                     if k not in ("BangChung", "ChuKySo")})).digest()
+    (sibling,) = proof["path"]  # leaf 2 of 3: its one sibling is the node over leaves 0 and 1
+    root = hashlib.sha256(b"\x01" + bytes.fromhex(sibling) + leaf).digest()
+    head = json.dumps({"algorithm": "RFC6962-SHA256", "root": root.hex(), "size": proof["size"]},
+                      separators=(",", ":"), sort_keys=True).encode()
+    header, _, signature = record["ChuKySo"].split(".")
+
+    assert proof == {"index": 2, "size": 3, "path": [sibling]}
+    assert jwt.api_jws.decode(f"{header}.{b64url(head)}.{signature}", key=signer.certificate.public_key(),
+                              algorithms=["ES256"]) == head

@@ -25,7 +25,7 @@ from lienthong.routes.route import Route, get_route
 from lienthong.settings import settings
 from lienthong.signing.canonical import content_hash
 from lienthong.signing.jws import signer_thumbprint
-from lienthong.signing.records import SIGNATURE, VERSION, seal
+from lienthong.signing.records import SIGNATURE, VERSION, seal_batch
 from lienthong.staging import STAGES, RunStaging, StageDir, purge_route
 
 log = get_logger(__name__)
@@ -221,7 +221,8 @@ def gate_records(route_name: str, run_id: str, partition: int | None = None) -> 
 
 
 def sign(route_name: str, run_id: str, partition: int | None = None) -> dict[str, Any]:
-    """Seal every record that passed the gate: version (content hash) and JWS with the chain."""
+    """Seal the records of each part that passed the gate as one batch: versions (content hashes),
+    one JWS with the chain over the part's hash tree, and each record's proof into it."""
     from lienthong.signing.keys import load_signer
 
     route = get_route(route_name)
@@ -232,8 +233,10 @@ def sign(route_name: str, run_id: str, partition: int | None = None) -> dict[str
         signer = load_signer(settings().keys_dir, route.signing_key)
 
         def seal_part(index: int) -> list[dict[str, Any] | None]:
-            return [seal(m["payload"], signer) if v["status"] == gate.PASS else None
-                    for m, v in zip(mapped.read_part(index), gated.read_part(index), strict=True)]
+            passed = [m["payload"] if v["status"] == gate.PASS else None
+                      for m, v in zip(mapped.read_part(index), gated.read_part(index), strict=True)]
+            sealed = iter(seal_batch([p for p in passed if p is not None], signer))
+            return [None if p is None else next(sealed) for p in passed]
 
         signed = 0
         for index in parts:

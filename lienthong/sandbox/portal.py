@@ -41,7 +41,7 @@ from lienthong.sandbox.faults import FaultConfig, FaultSwitch
 from lienthong.schemas import load_json
 from lienthong.signing.canonical import canonical_json
 from lienthong.signing.jws import CERTIFICATE_UNTRUSTED, SIGNATURE_INVALID, VERSION_MISMATCH, SignatureError
-from lienthong.signing.records import unseal
+from lienthong.signing.records import Unsealer
 from lienthong.signing.trust import TrustStore
 
 
@@ -102,14 +102,21 @@ def schema_errors(validator: Draft202012Validator, instance: Any) -> list[str]:
     return sorted(found)[:MAX_REPORTED_ERRORS]
 
 
-def rejection(record: Any, definition: str, trust: TrustStore) -> dict[str, Any] | None:
+def rejections(records: Sequence[Any], definition: str, trust: TrustStore) -> list[dict[str, Any] | None]:
+    """Each record judged on its own by :func:`rejection`, with one :class:`Unsealer` for them
+    all: the records of a sealed batch share a signature, checked once."""
+    unsealer = Unsealer(trust)
+    return [rejection(record, definition, unsealer) for record in records]
+
+
+def rejection(record: Any, definition: str, unsealer: Unsealer) -> dict[str, Any] | None:
     """The result for a record that cannot be stored (schema ``definition``, then signature),
     None for one that can."""
     errors = schema_errors(_validator(definition), record)
     if errors:
         return _result(record, PAYLOAD_INVALID, "payload_invalid", "; ".join(errors))
     try:
-        unseal(record, trust)
+        unsealer(record)
     except SignatureError as exc:
         return _result(record, SIGNATURE_CODES[exc.status], exc.status, exc.reason)
     return None
@@ -121,7 +128,7 @@ class RecordJudge:
     Nearly all of the portal's work is these checks (ECDSA and JSON Schema, ~0.2 ms a record),
     and one Python process uses one core: with ``processes`` the batches of concurrent pushes
     are judged on every core, as a real portal behind a load balancer would. Workers get the
-    trust store as PEM (certificates do not pickle) and judge with the same :func:`rejection`.
+    trust store as PEM (certificates do not pickle) and judge chunks with the same :func:`rejections`.
     """
 
     def __init__(self, trust: TrustStore, processes: int = 0) -> None:
@@ -138,8 +145,10 @@ class RecordJudge:
 
     def __call__(self, definition: str, records: list[Any]) -> list[dict[str, Any] | None]:
         if self._pool is None:
-            return [rejection(record, definition, self.trust) for record in records]
-        return list(self._pool.map(_judge_in_worker, itertools.repeat(definition), records, chunksize=self._chunk))
+            return rejections(records, definition, self.trust)
+        chunks = [records[start : start + self._chunk] for start in range(0, len(records), self._chunk)]
+        return [verdict for verdicts in self._pool.map(_judge_in_worker, itertools.repeat(definition), chunks)
+                for verdict in verdicts]
 
 
 _worker_trust: TrustStore | None = None
@@ -160,9 +169,9 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-def _judge_in_worker(definition: str, record: Any) -> dict[str, Any] | None:
+def _judge_in_worker(definition: str, records: list[Any]) -> list[dict[str, Any] | None]:
     assert _worker_trust is not None, "a judge worker starts with its trust store"
-    return rejection(record, definition, _worker_trust)
+    return rejections(records, definition, _worker_trust)
 
 
 class PortalStore:
