@@ -8,7 +8,8 @@ import logging
 import threading
 import time
 import unicodedata
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -184,6 +185,18 @@ def test_never_more_calls_in_flight_than_the_concurrency(db: Path) -> None:
         results = v.verify([subject(c) for c in crowd(400)])
     assert all(r.status == "match" for r in results)
     assert len(probe.posts) == 8
+    assert probe.peak == 2
+
+
+def test_callers_verifying_at_once_share_the_concurrency(db: Path) -> None:
+    """The verify stage asks about two parts at once: their calls still queue for the same slots."""
+    people = [subject(c) for c in crowd(400)]
+    with serve(db, latency_ms=60) as (server, probe), \
+            closing(PopulationVerifier(wsdl(server), concurrency=2, batch_size=50, **FAST)) as v, \
+            ThreadPoolExecutor(max_workers=3) as callers:
+        answers = list(callers.map(v.verify, [people[:150], people[150:300], people[300:]]))
+    assert [r.status for part in answers for r in part] == ["match"] * 400
+    assert len(probe.posts) == 8  # 3, 3 and 2 batches of at most 50
     assert probe.peak == 2
 
 

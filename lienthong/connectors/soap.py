@@ -227,7 +227,10 @@ class PopulationVerifier:
     """A hook-like client of the population database: built from a connection, safe to share.
 
     One zeep client serves every worker thread: after the WSDL is loaded it is only read, and
-    the requests session under it pools ``concurrency`` connections.
+    the requests session under it pools ``concurrency`` connections. The calls of every
+    :meth:`verify` go through one pool of ``concurrency`` threads, so callers may verify several
+    parts at once (one part's calls wait on the network while another's answers are parsed)
+    without ever having more than ``concurrency`` calls in flight.
     """
 
     def __init__(self, wsdl_url: str, concurrency: int = 4, batch_size: int = 100, timeout: float = 10,
@@ -250,6 +253,7 @@ class PopulationVerifier:
         self._session.mount("https://", adapter)
         self._client: zeep.Client | None = None
         self._client_lock = threading.Lock()
+        self._calls = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="population")
         self._cache: OrderedDict[str, Verification] = OrderedDict()
         self._cache_size = cache_size
         self._cache_lock = threading.Lock()
@@ -301,6 +305,7 @@ class PopulationVerifier:
         return final
 
     def close(self) -> None:
+        self._calls.shutdown(cancel_futures=True)
         self._session.close()
 
     def _run(self, batches: list[list[_Query]]) -> dict[str, Verification]:
@@ -313,10 +318,8 @@ class PopulationVerifier:
             down = Verification("unavailable", detail=f"service description could not be loaded: {_describe(exc)}")
             return {q.key: down for batch in batches for q in batch}
         answers: dict[str, Verification] = {}
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(batches)),
-                                thread_name_prefix="population") as pool:
-            for batch_answers in pool.map(lambda b: self._verify_batch(client, b), batches):
-                answers.update(batch_answers)
+        for batch_answers in self._calls.map(lambda b: self._verify_batch(client, b), batches):
+            answers.update(batch_answers)
         return answers
 
     def _verify_batch(self, client: zeep.Client, batch: list[_Query]) -> dict[str, Verification]:

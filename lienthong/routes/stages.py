@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from typing import Any, Callable, Iterator
 
 from lienthong.audit.ledger import (ACKNOWLEDGED, FAILED, PENDING, QUARANTINED, SUCCESS, Ledger, outcome_leaf)
@@ -145,13 +146,15 @@ def verify(route_name: str, run_id: str, partition: int | None = None) -> dict[s
 
     def work(parts: list[int], report: Report) -> dict[str, Any]:
         engine = MappingEngine(route.spec)
-        verifier = PopulationVerifier.from_connection(route.population_conn)
+        with closing(PopulationVerifier.from_connection(route.population_conn)) as verifier:
 
-        def ask(index: int) -> list[dict[str, Any]]:
-            subjects = [Subject(**(engine.subject(r["row"]) or {})) for r in source.read_part(index)]
-            return [{"status": v.status, "fields": list(v.fields)} for v in verifier.verify(subjects)]
+            def ask(index: int) -> list[dict[str, Any]]:
+                subjects = [Subject(**(engine.subject(r["row"]) or {})) for r in source.read_part(index)]
+                return [{"status": v.status, "fields": list(v.fields)} for v in verifier.verify(subjects)]
 
-        return _judge_parts(stage, parts, ask, report)
+            # Two parts at once: the verifier's calls wait on the network while answers of the
+            # other part are parsed, and it keeps its own limit on calls in flight.
+            return _judge_parts(stage, parts, ask, report, at_once=2)
 
     return _by_partition(staging, stage, partition, work)
 
@@ -455,12 +458,17 @@ def _resumable(stage: StageDir, index: int, compute: Callable[[int], list[Any]])
 
 
 def _judge_parts(stage: StageDir, parts: list[int], judge: Callable[[int], list[dict[str, Any]]],
-                 report: Report) -> dict[str, Any]:
-    """A stage that gives each record a status (verify, gate): resumable, counted per status."""
+                 report: Report, at_once: int = 1) -> dict[str, Any]:
+    """A stage that gives each record a status (verify, gate): resumable, counted per status;
+    ``at_once`` parts are judged by threads at the same time, each written when it is done."""
     tally: dict[str, int] = {}
-    for index in parts:
-        _tally(tally, (r["status"] for r in _resumable(stage, index, judge)))
-        report({"records": sum(tally.values()), **tally})
+    pool = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix=stage.name)
+    try:
+        for statuses in pool.map(lambda index: [r["status"] for r in _resumable(stage, index, judge)], parts):
+            _tally(tally, statuses)
+            report({"records": sum(tally.values()), **tally})
+    finally:
+        pool.shutdown(cancel_futures=True)  # a part that failed stops the ones not started
     return tally
 
 
