@@ -143,10 +143,11 @@ def rejection(record: Any, definition: str, unsealer: Unsealer) -> dict[str, Any
 class RecordJudge:
     """Judges a batch's records, in the request's thread or over worker processes.
 
-    Nearly all of the portal's work is these checks (the compiled schema check, the record's
-    hashes and one ECDSA verification per batch a chunk holds), and one Python process uses one core: with ``processes`` the batches of concurrent pushes
-    are judged on every core, as a real portal behind a load balancer would. Workers get the
-    trust store as PEM (certificates do not pickle) and judge chunks with the same :func:`rejections`.
+    Much of the portal's work is these checks (the compiled schema check, each record's hashes,
+    one ECDSA verification per batch in a chunk), and one Python process uses one core: with
+    ``processes`` the batches of concurrent pushes are judged on every core, as a real portal
+    behind a load balancer would. Workers get the trust store as PEM (certificates do not
+    pickle) and judge chunks with the same :func:`rejections`.
     """
 
     def __init__(self, trust: TrustStore, processes: int = 0) -> None:
