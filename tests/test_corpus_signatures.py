@@ -145,7 +145,8 @@ def forge(keys: Keys, case: dict[str, Any], n: int) -> tuple[list[list[Record]],
         "zero_signature": lambda: {**sealed, SIGNATURE: sig.split("..")[0] + ".." + "A" * len(sig.split("..")[1])},
         "borrowed_header": lambda: {**sealed, SIGNATURE: seal(payload, keys.platform)[SIGNATURE].split("..")[0]
                                     + ".." + sig.split("..")[1]},
-        "attached": lambda: {**sealed, SIGNATURE: sig.replace("..", f".{b64(head_of_one(payload | {VERSION: sealed[VERSION]}))}.")},
+        "attached": lambda: {**sealed, SIGNATURE: sig.replace(
+            "..", f".{b64(head_of_one({**payload, VERSION: sealed[VERSION]}))}.")},
         "set_signature": lambda: {**sealed, SIGNATURE: args["value"]},
         "drop_signature": lambda: _unsigned(sealed),
         "raw_header": lambda: {**sealed, SIGNATURE: f"{args['header']}..{sig.split('..')[1]}"},
