@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from lienthong import schemas
+from lienthong.signing import merkle
 from lienthong.signing.canonical import canonical_json, content_hash
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def document(*, run_id: str, route: str, seq: int, prev_manifest_hash: str | Non
         **facts,
         "cursor": {"before": cursor_before, "after": cursor_after},
         "counts": counts, "quarantine_reasons": quarantine_reasons,
-        "tree": {"algorithm": "RFC6962-SHA256", "size": tree_size, "root": merkle_root},
+        "tree": merkle.head(merkle_root, tree_size),
     }
 
 

@@ -10,10 +10,11 @@ every leaf's audit path read from it, instead of recursing once per leaf.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
+ALGORITHM = "RFC6962-SHA256"
 
 
 def leaf_hash(data: bytes) -> bytes:
@@ -76,6 +77,11 @@ class Tree:
 
 def _at(level: bytes, index: int) -> bytes:
     return level[HASH_SIZE * index : HASH_SIZE * (index + 1)]
+
+
+def head(root_hex: str, size: int) -> dict[str, Any]:
+    """A tree's head as run manifests and batch signatures both name it."""
+    return {"algorithm": ALGORITHM, "root": root_hex, "size": size}
 
 
 def root(leaf_hashes: Iterable[bytes]) -> bytes:

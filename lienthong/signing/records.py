@@ -30,7 +30,6 @@ from lienthong.signing.trust import TrustStore
 VERSION = "PhienBan"
 PROOF = "BangChung"
 SIGNATURE = "ChuKySo"
-TREE_ALGORITHM = "RFC6962-SHA256"
 MAX_PATH = 64  # a tree of 2**64 records: any longer path is not a proof
 _HASH = re.compile(r"[0-9a-f]{64}")
 
@@ -46,7 +45,7 @@ def version_of(payload: dict[str, Any]) -> str:
 
 def tree_head(root: bytes, size: int) -> bytes:
     """What the batch signature signs: the same shape as a run manifest's ``tree``."""
-    return canonical_json({"algorithm": TREE_ALGORITHM, "root": root.hex(), "size": size})
+    return canonical_json(merkle.head(root.hex(), size))
 
 
 def seal_batch(payloads: Sequence[dict[str, Any]], signer: Signer) -> list[dict[str, Any]]:
