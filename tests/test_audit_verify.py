@@ -70,6 +70,32 @@ def test_a_changed_outcome_with_a_recomputed_leaf_hash_is_still_caught(ledger: L
     assert ("run-2", "H40-5", v.RECORD_CHANGED) in problems(ledger, keys, "run-2")
 
 
+@pytest.mark.parametrize("tamper", [
+    "UPDATE batch_signatures SET jws = 'eyJ.forged' WHERE jws = 'eyJ.batch'",
+    "DELETE FROM batch_signatures WHERE jws = 'eyJ.batch'",
+])
+def test_a_changed_or_removed_batch_signature_names_every_record_that_carries_it(
+        ledger: Ledger, keys: Path, tamper: str) -> None:
+    settle(ledger, "run-4", keys, [{**outcome(f"H40-{i}", ACKNOWLEDGED), "signature": "eyJ.batch"} for i in (11, 12, 13)])
+    sql(ledger, tamper)
+    assert problems(ledger, keys) == {("run-4", f"H40-{i}", v.RECORD_CHANGED) for i in (11, 12, 13)} | {
+        ("run-4", None, v.ROOT_MISMATCH)}
+
+
+def test_a_ledger_that_kept_each_records_signature_in_its_row_is_moved_and_still_verifies(
+        ledger: Ledger, keys: Path) -> None:
+    before = {run_id: ledger.outcomes(run_id) for run_id in ("run-1", "run-2", "run-3")}
+    with ledger.engine.begin() as conn:  # back to how ledgers were laid out before batch signatures
+        conn.execute(text("ALTER TABLE record_outcomes ADD COLUMN signature TEXT"))
+        conn.execute(text("UPDATE record_outcomes SET signature = "
+                          "(SELECT jws FROM batch_signatures WHERE digest = signature_digest)"))
+        conn.execute(text("ALTER TABLE record_outcomes DROP COLUMN signature_digest"))
+        conn.execute(text("DELETE FROM batch_signatures"))
+    moved = Ledger(ledger.engine.url.render_as_string(hide_password=False))
+    assert {run_id: moved.outcomes(run_id) for run_id in before} == before
+    assert problems(moved, keys) == set()
+
+
 def test_a_removed_record_is_named_by_its_place(ledger: Ledger, keys: Path) -> None:
     sql(ledger, "DELETE FROM record_outcomes WHERE run_id = 'run-3' AND record_key = 'H40-8'")
     found = report.verify(ledger, "run-3", keys_dir=keys).problems

@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Iterator
 
 import pytest
+from sqlalchemy import select
 
 from lienthong.audit import ledger as ledger_module
 from lienthong.audit import manifest
@@ -109,6 +110,27 @@ def test_settled_outcomes_leaves_proofs_and_root_match_an_independent_computatio
     for i, row in enumerate(stored):
         assert row["proof"] == [p.hex() for p in _path(i, leaves)]
         assert merkle.verify_inclusion(leaves[i], i, size, [bytes.fromhex(p) for p in row["proof"]], root)
+
+
+def test_a_batch_signature_is_stored_once_and_read_back_with_every_record(
+        state_db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ledger_module, "INSERT_CHUNK", 3)  # a batch spans chunks
+    ledger = Ledger(state_db_url)
+    batches = ["eyJ.batch-a.sig", "eyJ.batch-b.sig"]
+    records = [{**_outcome(f"A-{i}", ACKNOWLEDGED, f"v{i}"), "signature": batches[i >= 5], "signer": "x5t"}
+               for i in range(7)] + [_outcome("A-7", QUARANTINED)]
+    for run_id in ("run-1", "run-2", "run-2"):  # another run with the same batch, then a retried settle
+        ledger.start_run(run_id, "r", None, None, None)
+        ledger.settle(run_id, records, SUCCESS, None, {"pulled": len(records)}, {})
+
+    with ledger.engine.connect() as conn:
+        stored = conn.execute(select(ledger_module.batch_signatures)).all()
+    assert sorted((d, jws) for d, jws in stored) == sorted((ledger_module.signature_digest(b), b) for b in batches)
+    for run_id in ("run-1", "run-2"):
+        assert [o["signature"] for o in ledger.outcomes(run_id)] == [r["signature"] for r in records]
+        assert [o["leaf_hash"] for o in ledger.outcomes(run_id)] == [outcome_leaf(r).hex() for r in records]
+    assert list(ledger.each_outcome("run-2", chunk=3)) == ledger.outcomes("run-2")
+    assert "signature_digest" not in ledger.outcomes("run-1")[0]
 
 
 class _Outcomes:

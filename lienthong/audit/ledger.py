@@ -13,13 +13,15 @@ recomputes all of it from these tables (lienthong.audit.verify).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import itertools
 from functools import lru_cache
 from typing import Any, Iterable, Iterator, Sequence
 
 from sqlalchemy import (JSON, Column, DateTime, Index, Integer, LargeBinary, MetaData, String, Table, Text,
-                        UniqueConstraint, create_engine, insert, select, update)
+                        UniqueConstraint, create_engine, insert, inspect, select, text, update)
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql import Select
 
 from lienthong.audit import manifest
 from lienthong.signing import merkle
@@ -58,7 +60,7 @@ outcomes = Table(
     Column("version", String(64)),
     Column("outcome", String(20), nullable=False),
     Column("reasons", JSON),
-    Column("signature", Text),
+    Column("signature_digest", String(64)),  # the record's batch signature, stored once in batch_signatures
     Column("signer", String(100)),
     Column("ack_code", Integer),
     Column("ack_status", String(40)),
@@ -69,6 +71,16 @@ outcomes = Table(
     Column("proof", JSON),  # audit path to the run's root: hex hashes, nearest sibling first
     Index("ix_outcomes_delivery", "route", "record_key", "version", "outcome"),
     Index("ix_outcomes_record_key", "record_key"),
+)
+
+# A batch's JWS (~2 KB with its certificate chain) is the same for each of its hundreds of records:
+# stored once, named by the SHA-256 of its text. A record's leaf still commits to the whole JWS
+# (the ledger hands outcomes out with it joined back), so a changed or removed signature row
+# changes the leaf of every record that names it, which ``audit verify`` then reports.
+batch_signatures = Table(
+    "batch_signatures", metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("jws", Text, nullable=False),
 )
 
 run_manifests = Table(
@@ -105,6 +117,7 @@ class Ledger:
     def __init__(self, url: str) -> None:
         self.engine = engine(url)
         metadata.create_all(self.engine)  # only creates what is missing
+        _move_inline_signatures(self.engine)
 
     def start_run(self, run_id: str, route: str, dag_id: str | None, airflow_run_id: str | None,
                   cursor_before: Cursor | None) -> None:
@@ -197,8 +210,9 @@ class Ledger:
             sealed = seal(text.encode("utf-8")) if seal else None
             conn.execute(outcomes.delete().where(outcomes.c.run_id == run_id))
             rows = _leaf_rows(run_id, run["route"], records, tree)
+            stored: set[str] = set()  # digests of the batch signatures this settle has written
             while chunk := list(itertools.islice(rows, INSERT_CHUNK)):
-                conn.execute(insert(outcomes), chunk)
+                conn.execute(insert(outcomes), _signatures_stored_apart(conn, chunk, stored))
             conn.execute(update(runs).where(runs.c.run_id == run_id).values(
                 finished_at=settled_at, status=status, cursor_after=cursor,
                 counts=counts, quarantine_reasons=reasons,
@@ -211,9 +225,21 @@ class Ledger:
             ))
 
     def outcomes(self, run_id: str) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(outcomes).where(outcomes.c.run_id == run_id).order_by(outcomes.c.id))
-            return [dict(r) for r in rows.mappings()]
+        return list(self.each_outcome(run_id))
+
+    def each_outcome(self, run_id: str, chunk: int = INSERT_CHUNK) -> Iterator[dict[str, Any]]:
+        """The run's outcomes in the order they were stored, ``chunk`` rows read at a time: a
+        million-record run's rows, with their proofs and signatures, do not fit in memory at once."""
+        after = 0
+        while True:
+            query = (_stored_outcomes().where(outcomes.c.run_id == run_id, outcomes.c.id > after)
+                     .order_by(outcomes.c.id).limit(chunk))
+            with self.engine.connect() as conn:
+                rows = [dict(r) for r in conn.execute(query).mappings()]
+            yield from rows
+            if len(rows) < chunk:
+                return
+            after = rows[-1]["id"]
 
     def runs(self, route: str | None = None) -> list[dict[str, Any]]:
         """Newest first."""
@@ -243,7 +269,7 @@ class Ledger:
 
     def trace(self, record_key: str) -> list[dict[str, Any]]:
         """Every outcome of one record key, oldest run first, with its run's route and status."""
-        query = (select(outcomes, runs.c.status.label("run_status"), runs.c.started_at)
+        query = (_stored_outcomes().add_columns(runs.c.status.label("run_status"), runs.c.started_at)
                  .join(runs, runs.c.run_id == outcomes.c.run_id)
                  .where(outcomes.c.record_key == record_key)
                  .order_by(runs.c.started_at, outcomes.c.leaf_index))
@@ -294,6 +320,59 @@ def _leaf_rows(run_id: str, route: str, records: Iterable[dict[str, Any]], tree:
     if index + 1 != tree.size:
         raise LedgerError(f"run {run_id}: {index + 1} records stored but {tree.size} hashed into the run's tree "
                           "(the records changed between the two passes of the settle)")
+
+
+def _stored_outcomes() -> Select:
+    """Outcome rows as settled: each with its batch signature's JWS joined back as ``signature``
+    (null where the signature row is missing, which verify then finds as a changed record)."""
+    columns = [c for c in outcomes.c if c is not outcomes.c.signature_digest]
+    return (select(*columns, batch_signatures.c.jws.label("signature"))
+            .select_from(outcomes.outerjoin(batch_signatures, outcomes.c.signature_digest == batch_signatures.c.digest)))
+
+
+def _signatures_stored_apart(conn: Connection, rows: list[dict[str, Any]], stored: set[str]) -> list[dict[str, Any]]:
+    """``rows`` naming their signature by digest, each signature not yet stored written once."""
+    new: dict[str, str] = {}
+    for row in rows:
+        jws = row.pop("signature")
+        row["signature_digest"] = digest = None if jws is None else signature_digest(jws)
+        if digest is not None and digest not in stored:
+            new[digest] = jws
+    if new:  # a retried settle, or another run, may have stored some already
+        present = set(conn.execute(select(batch_signatures.c.digest)
+                                   .where(batch_signatures.c.digest.in_(list(new)))).scalars())
+        missing = [{"digest": d, "jws": jws} for d, jws in new.items() if d not in present]
+        if missing:
+            conn.execute(insert(batch_signatures), missing)
+        stored.update(new)
+    return rows
+
+
+def signature_digest(jws: str) -> str:
+    return hashlib.sha256(jws.encode("utf-8")).hexdigest()
+
+
+def _move_inline_signatures(engine: Engine) -> None:
+    """Ledgers settled before batch signatures were stored apart kept each record's JWS in its
+    own row (``record_outcomes.signature``): move them to ``batch_signatures`` once, so those
+    runs read and verify as they did. Rows are moved a chunk at a time, by id."""
+    if "signature" not in {c["name"] for c in inspect(engine).get_columns(outcomes.name)}:
+        return
+    with engine.begin() as conn:  # looked at again inside: another process may be moving them too
+        columns = {c["name"] for c in inspect(conn).get_columns(outcomes.name)}
+        if "signature" not in columns:
+            return
+        if "signature_digest" not in columns:
+            conn.execute(text("ALTER TABLE record_outcomes ADD COLUMN signature_digest VARCHAR(64)"))
+        stored: set[str] = set()
+        after = 0
+        while rows := conn.execute(text(
+                "SELECT id, signature FROM record_outcomes WHERE id > :after AND signature IS NOT NULL "
+                "ORDER BY id LIMIT :chunk"), {"after": after, "chunk": INSERT_CHUNK}).mappings().all():
+            moved = _signatures_stored_apart(conn, [dict(r) for r in rows], stored)
+            conn.execute(text("UPDATE record_outcomes SET signature_digest = :signature_digest WHERE id = :id"), moved)
+            after = rows[-1]["id"]
+        conn.execute(text("ALTER TABLE record_outcomes DROP COLUMN signature"))
 
 
 def _place_in_chain(conn: Connection, run_id: str, route: str) -> tuple[int, str | None]:
