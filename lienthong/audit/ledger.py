@@ -229,13 +229,18 @@ class Ledger:
 
     def each_outcome(self, run_id: str, chunk: int = INSERT_CHUNK) -> Iterator[dict[str, Any]]:
         """The run's outcomes in the order they were stored, ``chunk`` rows read at a time: a
-        million-record run's rows, with their proofs and signatures, do not fit in memory at once."""
+        million-record run's rows, with their proofs and signatures, do not fit in memory at once.
+        The records of a batch share one copy of its signature, as they share one stored row."""
         after = 0
+        signatures: dict[str, str] = {}
         while True:
             query = (_stored_outcomes().where(outcomes.c.run_id == run_id, outcomes.c.id > after)
                      .order_by(outcomes.c.id).limit(chunk))
             with self.engine.connect() as conn:
                 rows = [dict(r) for r in conn.execute(query).mappings()]
+            for row in rows:
+                if row["signature"] is not None:
+                    row["signature"] = signatures.setdefault(row["signature"], row["signature"])
             yield from rows
             if len(rows) < chunk:
                 return
