@@ -7,6 +7,7 @@ signature checks and the population database's latency do not share a core's GIL
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import signal
@@ -69,6 +70,7 @@ def main() -> None:
         tmp = args.port_file.with_name(f"{args.port_file.name}.tmp")
         tmp.write_text(str(server.server_port))
         tmp.replace(args.port_file)
+    gc.freeze()  # what start-up made lives as long as the service: no collection need walk it again
     server.serve_forever()
 
 
