@@ -335,7 +335,7 @@ class PopulationService:
             raise SoapFault("Client", f"the SOAP action does not match the operation {operation}")
 
     def _single(self, element: etree._Element, envelope_ns: str) -> Response:
-        result = self._verify([_read_item(element, None)])[0]
+        result = self._verify([_read_item(element, batch=False)])[0]
         envelope, body = _envelope(envelope_ns)
         answer = etree.SubElement(body, f"{{{NS}}}{SINGLE}Response", nsmap={"p": NS})
         _write_result(etree.SubElement(answer, f"{{{NS}}}KetQua"), None, result)
@@ -347,7 +347,7 @@ class PopulationService:
             raise SoapFault("Client", "a batch needs at least one CongDan")
         if len(nodes) > MAX_BATCH:
             raise SoapFault("Client", f"a batch holds at most {MAX_BATCH} CongDan, got {len(nodes)}")
-        items = [_read_item(node, (node.findtext(f"{{{NS}}}MaYeuCau") or "").strip()) for node in nodes]
+        items = [_read_item(node, batch=True) for node in nodes]
         ids = [item.request_id for item in items]
         if not all(ids) or len(set(ids)) != len(ids):
             raise SoapFault("Client", "every CongDan needs its own MaYeuCau, unique within the batch")
@@ -364,11 +364,21 @@ class PopulationService:
         return [_check(item, known) for item in items]
 
 
-def _read_item(element: etree._Element, request_id: str | None) -> _Item:
-    def text(name: str) -> str:
-        return (element.findtext(f"{{{NS}}}{name}") or "").strip()
+def _read_item(element: etree._Element, batch: bool) -> _Item:
+    """The fields of one citizen (and, in a batch, its MaYeuCau), a missing one read as "".
 
-    return _Item(request_id, text("SoDinhDanh"), text("HoVaTen"), text("NgaySinh"), text("GioiTinh"))
+    One pass over the children, the first of a repeated name counting as with ``findtext``: a
+    path lookup per field was a third of the service's CPU for a batch.
+    """
+    texts: dict[Any, str] = {}
+    for child in element:
+        texts.setdefault(child.tag, (child.text or "").strip())
+
+    def text(name: str) -> str:
+        return texts.get(f"{{{NS}}}{name}", "")
+
+    return _Item(text("MaYeuCau") if batch else None, text("SoDinhDanh"), text("HoVaTen"), text("NgaySinh"),
+                 text("GioiTinh"))
 
 
 def _write_result(node: etree._Element, request_id: str | None, result: _Result) -> None:
