@@ -238,6 +238,8 @@ def gate_records(route_name: str, run_id: str, partition: int | None = None) -> 
         def judge(index: int) -> list[dict[str, Any]]:
             """The verdicts of ``index``, from one validation of its whole group of parts."""
             if index not in judged:
+                gate.suite_gate(route.suite_file)  # great-expectations loads here, the first time:
+                gc.freeze()  # frozen with what the stage started with (see _stage)
                 position = parts.index(index) // GATE_GROUP_PARTS * GATE_GROUP_PARTS
                 group = parts[position : position + GATE_GROUP_PARTS]
                 records = [mapped.read_part(i) for i in group]
