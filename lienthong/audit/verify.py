@@ -140,7 +140,7 @@ def _check_records(rows: Iterable[dict[str, Any]], doc: dict[str, Any], problem:
     size, root = doc["tree"]["size"], bytes.fromhex(doc["tree"]["root"])
     keys: list[str | None] = [None] * size  # None: no record seen at that leaf (yet)
     leaves = bytearray(32 * size)
-    tally = {"pulled": 0, "acknowledged": 0, "quarantined": 0, "pending": 0}
+    tally = {"pulled": 0, ACKNOWLEDGED: 0, QUARANTINED: 0, PENDING: 0}
     for row in rows:
         tally["pulled"] += 1
         if row["outcome"] in tally:
