@@ -46,7 +46,7 @@ def test_a_settled_run_carries_its_route_facts_and_verifies(home: Settings, sand
     assert [o["leaf_index"] for o in stored] == list(range(len(expected)))
     assert [o["leaf_hash"] for o in stored] == [leaf.hex() for leaf in leaves]
     assert [merkle.leaf_hash(manifest.leaf_bytes(o)) for o in stored] == leaves
-    root = merkle.root(leaves)
+    root = merkle.Tree(leaves).root
     assert m["tree"]["root"] == root.hex()
     assert all(merkle.verify_inclusion(leaf, i, len(leaves), [bytes.fromhex(p) for p in o["proof"]], root)
                for i, (leaf, o) in enumerate(zip(leaves, stored)))

@@ -39,12 +39,12 @@ def _leaves(n: int) -> list[bytes]:
 
 
 def test_empty_tree_is_the_hash_of_nothing() -> None:
-    assert merkle.root([]).hex() == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert merkle.Tree([]).root.hex() == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
 @pytest.mark.parametrize("n", range(1, 9))
 def test_roots_match_certificate_transparency(n: int) -> None:
-    assert merkle.root(_leaves(n)).hex() == CT_ROOTS[n - 1]
+    assert merkle.Tree(_leaves(n)).root.hex() == CT_ROOTS[n - 1]
 
 
 @pytest.mark.parametrize("index,size,path", CT_PATHS)

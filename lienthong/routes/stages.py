@@ -55,9 +55,10 @@ def _stage(work: Callable[P, T]) -> Callable[P, T]:
 
     Each full collection walks every object the process holds; in a stage that is mostly the
     imported libraries' (great-expectations, zeep, SQLAlchemy, pandas), which never become
-    garbage, and the collector runs hundreds of times as a stage makes millions of small dicts.
-    Measured at 20,000 records, the stages then took ~20 % less CPU. They are unfrozen when the
-    stage ends, so nothing outlives it that would not have otherwise."""
+    garbage, and the millions of small dicts a stage makes set collections off again and again.
+    At 20,000 records (one process, a loaded machine) the seven stages spent 6.3 s in the
+    collector, 2.4 s with this. They are unfrozen when the stage ends, so nothing outlives it
+    that would not have otherwise."""
 
     @functools.wraps(work)
     def run(*args: P.args, **kwargs: P.kwargs) -> T:

@@ -84,10 +84,6 @@ def head(root_hex: str, size: int) -> dict[str, Any]:
     return {"algorithm": ALGORITHM, "root": root_hex, "size": size}
 
 
-def root(leaf_hashes: Iterable[bytes]) -> bytes:
-    return Tree(leaf_hashes).root
-
-
 def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], root_hash: bytes) -> bool:
     """Whether ``proof`` leads from the leaf hash at ``index`` to ``root_hash`` (RFC 9162 2.1.3.2)."""
     return root_from_inclusion(leaf, index, size, proof) == root_hash
