@@ -210,9 +210,8 @@ class Ledger:
             sealed = seal(text.encode("utf-8")) if seal else None
             conn.execute(outcomes.delete().where(outcomes.c.run_id == run_id))
             rows = _leaf_rows(run_id, run["route"], records, tree)
-            stored: set[str] = set()  # digests of the batch signatures this settle has written
             while chunk := list(itertools.islice(rows, INSERT_CHUNK)):
-                conn.execute(insert(outcomes), _signatures_stored_apart(conn, chunk, stored))
+                conn.execute(insert(outcomes), _signatures_stored_apart(conn, chunk))
             conn.execute(update(runs).where(runs.c.run_id == run_id).values(
                 finished_at=settled_at, status=status, cursor_after=cursor,
                 counts=counts, quarantine_reasons=reasons,
@@ -335,21 +334,21 @@ def _stored_outcomes() -> Select:
             .select_from(outcomes.outerjoin(batch_signatures, outcomes.c.signature_digest == batch_signatures.c.digest)))
 
 
-def _signatures_stored_apart(conn: Connection, rows: list[dict[str, Any]], stored: set[str]) -> list[dict[str, Any]]:
-    """``rows`` naming their signature by digest, each signature not yet stored written once."""
-    new: dict[str, str] = {}
+def _signatures_stored_apart(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` naming their signature by digest; each signature hashed once, not once a record,
+    and written unless stored already (by an earlier chunk, a retried settle or another run)."""
+    digests: dict[str, str] = {}
     for row in rows:
         jws = row.pop("signature")
-        row["signature_digest"] = digest = None if jws is None else signature_digest(jws)
-        if digest is not None and digest not in stored:
-            new[digest] = jws
-    if new:  # a retried settle, or another run, may have stored some already
+        if jws is not None and jws not in digests:
+            digests[jws] = signature_digest(jws)
+        row["signature_digest"] = None if jws is None else digests[jws]
+    if digests:
         present = set(conn.execute(select(batch_signatures.c.digest)
-                                   .where(batch_signatures.c.digest.in_(list(new)))).scalars())
-        missing = [{"digest": d, "jws": jws} for d, jws in new.items() if d not in present]
+                                   .where(batch_signatures.c.digest.in_(list(digests.values())))).scalars())
+        missing = [{"digest": d, "jws": jws} for jws, d in digests.items() if d not in present]
         if missing:
             conn.execute(insert(batch_signatures), missing)
-        stored.update(new)
     return rows
 
 
@@ -369,12 +368,11 @@ def _move_inline_signatures(engine: Engine) -> None:
             return
         if "signature_digest" not in columns:
             conn.execute(text("ALTER TABLE record_outcomes ADD COLUMN signature_digest VARCHAR(64)"))
-        stored: set[str] = set()
         after = 0
         while rows := conn.execute(text(
                 "SELECT id, signature FROM record_outcomes WHERE id > :after AND signature IS NOT NULL "
                 "ORDER BY id LIMIT :chunk"), {"after": after, "chunk": INSERT_CHUNK}).mappings().all():
-            moved = _signatures_stored_apart(conn, [dict(r) for r in rows], stored)
+            moved = _signatures_stored_apart(conn, [dict(r) for r in rows])
             conn.execute(text("UPDATE record_outcomes SET signature_digest = :signature_digest WHERE id = :id"), moved)
             after = rows[-1]["id"]
         conn.execute(text("ALTER TABLE record_outcomes DROP COLUMN signature"))
