@@ -127,6 +127,13 @@ def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv(f"AIRFLOW_CONN_{STAGING_CONN_ID.upper()}", json.dumps({
         "conn_type": "aws", "login": S3_KEY, "password": S3_SECRET,
         "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}}))
+    # Airflow keeps one store per connection id for the life of the process, with the filesystem
+    # it built from the connection as it then was: a store an earlier test in this worker made
+    # (test_distributed names the same connection id, with no endpoint set) would send this one's
+    # requests to AWS itself. A fresh cache for the test; monkeypatch restores the old one.
+    from airflow.sdk.io import store
+
+    monkeypatch.setattr(store, "_STORE_CACHE", {})
     return f"s3://{bucket}/staging"
 
 
