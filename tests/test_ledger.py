@@ -43,6 +43,22 @@ def test_cursor_is_the_last_settled_runs_and_survives_a_run_that_settled_nothing
     assert ledger.outcomes("run-2")[1]["reasons"][0]["rule"] == "r"
 
 
+def test_a_run_settled_late_does_not_move_the_cursor_back(state_db_url: str) -> None:
+    """An abandoned run settled (from its staging) after a later run read its window again."""
+    ledger = Ledger(state_db_url)
+    start = Cursor.of(dt.datetime(2025, 1, 1), 10)
+    ledger.start_run("run-1", "r", "r", "manual__1", None)
+    ledger.settle("run-1", [_outcome("A-1", ACKNOWLEDGED, "v1")], SUCCESS, start, {"pulled": 1}, {})
+    ledger.start_run("abandoned", "r", "r", "manual__2", start)  # its worker dies here
+    ledger.start_run("run-3", "r", "r", "manual__3", start)  # reads the abandoned run's window and more
+    further = Cursor.of(dt.datetime(2025, 3, 1), 30)
+    ledger.settle("run-3", [_outcome("A-2", ACKNOWLEDGED, "v1"), _outcome("A-3", ACKNOWLEDGED, "v1")], SUCCESS,
+                  further, {"pulled": 2}, {})
+    ledger.settle("abandoned", [_outcome("A-2", ACKNOWLEDGED, "v1")], SUCCESS, Cursor.of(dt.datetime(2025, 2, 1), 20),
+                  {"pulled": 1}, {})
+    assert ledger.cursor("r") == further
+
+
 def test_acknowledged_versions_are_what_must_never_be_sent_again(state_db_url: str) -> None:
     ledger = Ledger(state_db_url)
     ledger.start_run("run-1", "r", None, None, None)

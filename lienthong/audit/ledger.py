@@ -138,12 +138,17 @@ class Ledger:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def cursor(self, route: str) -> Cursor | None:
-        """Where the next run starts: after the last record the route has settled."""
+        """Where the next run starts: where the settled run that started last stopped.
+
+        By start, not by settling: an abandoned run is settled from its staging by a later run,
+        after runs that started after it had already read its window again and moved past it.
+        Its cursor is behind theirs, and taking it would have the next run pull, verify and gate
+        their records once more."""
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(runs.c.cursor_after)
                 .where(runs.c.route == route, runs.c.finished_at.is_not(None), runs.c.cursor_after.is_not(None))
-                .order_by(runs.c.finished_at.desc()).limit(1)
+                .order_by(runs.c.started_at.desc(), runs.c.finished_at.desc()).limit(1)
             ).first()
         return Cursor.model_validate(row[0]) if row else None
 
