@@ -41,9 +41,9 @@ def write_bundle(ledger: Ledger, run_id: str, out_dir: Path, *, keys_dir: Path |
     tsa = tsa_ca or timestamp.ca_file()
     if tsa.exists():  # else verify.sh names the missing file
         shutil.copyfile(tsa, bundle / "tsa-ca.pem")
-    rows = sorted(ledger.outcomes(run_id), key=lambda r: (r["leaf_index"] is None, r["leaf_index"]))
+    # Streamed a chunk at a time: a million records with their proofs would take gigabytes at once.
     with (bundle / "records.jsonl").open("wb") as out:
-        for row in rows:
+        for row in ledger.each_outcome(run_id, in_leaf_order=True):
             out.write(canonical_json({"leaf": manifest.leaf_data(row), "leaf_index": row["leaf_index"],
                                       "proof": row["proof"] or []}) + b"\n")
     (bundle / "README.md").write_text((TEMPLATES / "README.md").read_text(encoding="utf-8").format(

@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import Any, Iterable, Iterator, Sequence
 
 from sqlalchemy import (JSON, Column, DateTime, Index, Integer, LargeBinary, MetaData, String, Table, Text,
-                        UniqueConstraint, create_engine, insert, inspect, select, text, update)
+                        UniqueConstraint, create_engine, insert, inspect, select, text, tuple_, update)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Select
 
@@ -72,6 +72,7 @@ outcomes = Table(
     Index("ix_outcomes_delivery", "route", "record_key", "version", "outcome"),
     Index("ix_outcomes_record_key", "record_key"),
 )
+RUN_LEAF_INDEX = Index("ix_outcomes_run_leaf", outcomes.c.run_id, outcomes.c.leaf_index)  # a run read in leaf order
 
 # A batch's JWS (~2 KB with its certificate chain) is the same for each of its hundreds of records:
 # stored once, named by the SHA-256 of its text. A record's leaf still commits to the whole JWS
@@ -117,6 +118,8 @@ class Ledger:
     def __init__(self, url: str) -> None:
         self.engine = engine(url)
         metadata.create_all(self.engine)  # only creates what is missing
+        # ... but not an index added to a table that already exists: ledgers older than it get it here.
+        RUN_LEAF_INDEX.create(self.engine, checkfirst=True)
         _move_inline_signatures(self.engine)
 
     def start_run(self, run_id: str, route: str, dag_id: str | None, airflow_run_id: str | None,
@@ -231,24 +234,43 @@ class Ledger:
     def outcomes(self, run_id: str) -> list[dict[str, Any]]:
         return list(self.each_outcome(run_id))
 
-    def each_outcome(self, run_id: str, chunk: int = INSERT_CHUNK) -> Iterator[dict[str, Any]]:
-        """The run's outcomes in the order they were stored, ``chunk`` rows read at a time: a
-        million-record run's rows, with their proofs and signatures, do not fit in memory at once.
-        The records of a batch share one copy of its signature, as they share one stored row."""
-        after = 0
+    def each_outcome(self, run_id: str, chunk: int = INSERT_CHUNK, *, in_leaf_order: bool = False,
+                     outcome: str | None = None) -> Iterator[dict[str, Any]]:
+        """The run's outcomes (only those of kind ``outcome`` if given), ``chunk`` rows read at a
+        time: a million-record run's rows, with their proofs and signatures, do not fit in memory
+        at once. In the order they were stored, or ``in_leaf_order`` as auditors read a run, rows
+        without a leaf index last (only a tampered ledger has them). Each page is one query, so
+        taking the first ``n`` with ``chunk=n`` reads ``n`` rows. The records of a batch share
+        one copy of its signature, as they share one stored row."""
+        where = [outcomes.c.run_id == run_id] + ([outcomes.c.outcome == outcome] if outcome else [])
+        if in_leaf_order:
+            pages = itertools.chain(
+                self._pages(where + [outcomes.c.leaf_index.is_not(None)], (outcomes.c.leaf_index, outcomes.c.id), chunk),
+                self._pages(where + [outcomes.c.leaf_index.is_(None)], (outcomes.c.id,), chunk))
+        else:
+            pages = self._pages(where, (outcomes.c.id,), chunk)
         signatures: dict[str, str] = {}
-        while True:
-            query = (_stored_outcomes().where(outcomes.c.run_id == run_id, outcomes.c.id > after)
-                     .order_by(outcomes.c.id).limit(chunk))
-            with self.engine.connect() as conn:
-                rows = [dict(r) for r in conn.execute(query).mappings()]
+        for rows in pages:
             for row in rows:
                 if row["signature"] is not None:
                     row["signature"] = signatures.setdefault(row["signature"], row["signature"])
             yield from rows
+
+    def _pages(self, where: list[Any], order: tuple[Column, ...], chunk: int) -> Iterator[list[dict[str, Any]]]:
+        """Stored outcomes matching ``where`` in ``order`` (unique: it ends with the id), a page at
+        a time, each page starting after the last one's key rather than at an offset, so a page
+        deep into a million rows costs what the first one does."""
+        after: tuple[Any, ...] | None = None
+        while True:
+            query = _stored_outcomes().where(*where).order_by(*order).limit(chunk)
+            if after is not None:
+                query = query.where(tuple_(*order) > tuple_(*after))
+            with self.engine.connect() as conn:
+                rows = [dict(r) for r in conn.execute(query).mappings()]
+            yield rows
             if len(rows) < chunk:
                 return
-            after = rows[-1]["id"]
+            after = tuple(rows[-1][column.name] for column in order)
 
     def runs(self, route: str | None = None) -> list[dict[str, Any]]:
         """Newest first."""
