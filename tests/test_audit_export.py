@@ -7,7 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
+from lienthong.audit import ledger as ledger_module
 from lienthong.audit import report
 from lienthong.audit.ledger import ACKNOWLEDGED, Ledger
 from lienthong.signing.canonical import canonical_json
@@ -84,3 +86,28 @@ def test_a_stamped_bundle_verifies_after_the_platform_certificate_expired(state_
     (bundle / "manifest.tsr").unlink()
     done = verify_sh(bundle)
     assert "FAIL: signature: " in done.stdout and "certificate has expired" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("chunk", [2, 3])  # a tie at a leaf within a page, and across two
+def test_a_bundle_written_a_chunk_at_a_time_is_the_run_in_leaf_order(state_db_url: str, keys: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    ledger = three_runs(state_db_url, keys)
+    whole = report.export(ledger, "run-1", tmp_path / "whole", keys_dir=keys)
+    monkeypatch.setattr(ledger_module, "INSERT_CHUNK", chunk)
+    paged = report.export(ledger, "run-1", tmp_path / "paged", keys_dir=keys)
+    assert (paged / "records.jsonl").read_bytes() == (whole / "records.jsonl").read_bytes()
+    done = verify_sh(paged)  # unstamped (no TSA here), so the signature and the tree are what hold
+    assert "ok: signature by" in done.stdout and "ok: Merkle root" in done.stdout, done.stdout + done.stderr
+    assert "over 5 records" in done.stdout
+
+    # Rows only tampering leaves: one without a leaf, stored first; a second one at leaf 2.
+    with ledger.engine.begin() as conn:
+        for key, leaf in (("H40-X1", None), ("H40-X2", 2)):
+            conn.execute(text("INSERT INTO record_outcomes (run_id, route, record_key, source_id, source_hash, "
+                              "outcome, leaf_index) VALUES ('run-1', 'huyen__dossiers', :key, 'x', :h, "
+                              "'acknowledged', :leaf)"), {"key": key, "h": "0" * 64, "leaf": leaf})
+    tampered = report.export(ledger, "run-1", tmp_path / "tampered", keys_dir=keys)
+    listed = [json.loads(line) for line in (tampered / "records.jsonl").read_bytes().splitlines()]
+    sorted_whole = sorted(ledger.outcomes("run-1"), key=lambda r: (r["leaf_index"] is None, r["leaf_index"]))
+    assert [r["leaf"]["record_key"] for r in listed] == [r["record_key"] for r in sorted_whole]
+    assert [r["leaf_index"] for r in listed] == [0, 1, 2, 2, 3, 4, None]

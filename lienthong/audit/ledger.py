@@ -234,14 +234,16 @@ class Ledger:
     def outcomes(self, run_id: str) -> list[dict[str, Any]]:
         return list(self.each_outcome(run_id))
 
-    def each_outcome(self, run_id: str, chunk: int = INSERT_CHUNK, *, in_leaf_order: bool = False,
+    def each_outcome(self, run_id: str, chunk: int | None = None, *, in_leaf_order: bool = False,
                      outcome: str | None = None) -> Iterator[dict[str, Any]]:
         """The run's outcomes (only those of kind ``outcome`` if given), ``chunk`` rows read at a
-        time: a million-record run's rows, with their proofs and signatures, do not fit in memory
-        at once. In the order they were stored, or ``in_leaf_order`` as auditors read a run, rows
-        without a leaf index last (only a tampered ledger has them). Each page is one query, so
-        taking the first ``n`` with ``chunk=n`` reads ``n`` rows. The records of a batch share
-        one copy of its signature, as they share one stored row."""
+        time (by default ``INSERT_CHUNK``, read when called so that tests can make pages small):
+        a million-record run's rows, with their proofs and signatures, do not fit in memory at once.
+        In the order they were stored, or ``in_leaf_order`` as auditors read a run, rows without a
+        leaf index last (only a tampered ledger has them). Each page is one query, so taking the
+        first ``n`` with ``chunk=n`` reads ``n`` rows. The records of a batch share one copy of its
+        signature, as they share one stored row."""
+        chunk = chunk or INSERT_CHUNK
         where = [outcomes.c.run_id == run_id] + ([outcomes.c.outcome == outcome] if outcome else [])
         if in_leaf_order:
             pages = itertools.chain(
