@@ -19,9 +19,11 @@ from urllib.parse import quote
 
 import pytest
 import requests
+from fastapi.testclient import TestClient
 from sqlalchemy import delete, update
 
 from lienthong.airflow_env import ensure_metadata_db, environment
+from lienthong.audit import web
 from lienthong.audit.ledger import ACKNOWLEDGED, FAILED, PENDING, QUARANTINED, SUCCESS, Ledger, outcomes, runs
 from lienthong.audit.manifest import platform_sealer
 from lienthong.connectors import connection
@@ -231,3 +233,35 @@ def test_auditor_page_in_airflow(home: Settings, api_server: str, tmp_path: Path
         names = bundle.namelist()
         assert any(n.endswith("manifest.json") for n in names) and any(n.endswith("README.md") for n in names)
         assert not any(PERSONAL_ID.encode() in bundle.read(n) for n in names)
+
+
+def test_a_run_longer_than_the_page_lists_its_first_records_in_leaf_order(
+        home: Settings, state_db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process, so that the page can be made two records long instead of seeding thousands."""
+    monkeypatch.setenv("LIENTHONG_STATE_DB", state_db_url)
+    init_keys(home.keys_dir)
+    ledger = Ledger(state_db_url)
+    bad_id = {"field": "MaDoiTuong", "rule": "personal_id_matches_birth_date",
+              "message": f"personal ID {PERSONAL_ID} does not match the birth year 1985"}
+    codes = [f"H40.01-261201-{i:04d}" for i in range(7)]
+    _settle(ledger, FIRST_RUN, ROUTE, [
+        _outcome(code, QUARANTINED, reasons=[bad_id]) if i in (1, 3, 4, 6) else _outcome(code, ACKNOWLEDGED, ack=(0, "stored"))
+        for i, code in enumerate(codes)], home.keys_dir)
+    client = TestClient(web.create_app(lambda: Ledger(state_db_url)))
+
+    monkeypatch.setattr(web, "MAX_RECORD_ROWS", 2)
+    dom = client.get("/run", params={"id": FIRST_RUN}).text
+    assert_no_personal_id(dom)
+    listed = re.search(r'<table class="outcomes">(.*?)</table>', dom, re.S).group(1)
+    assert re.findall(r'<td class="n">(\d+)</td>', listed) == ["0", "1"]
+    assert re.findall(r'data-record-key="([^"]+)"', dom) == [codes[1], codes[3]]
+    text = text_of(dom)
+    assert "Quarantined records (4)" in text and "Every record (7)" in text
+    assert text.count("The first 2 are shown; the export holds them all.") == 2
+
+    monkeypatch.setattr(web, "MAX_RECORD_ROWS", 7)  # the whole run fits: listed whole, no note
+    dom = client.get("/run", params={"id": FIRST_RUN}).text
+    listed = re.search(r'<table class="outcomes">(.*?)</table>', dom, re.S).group(1)
+    assert re.findall(r'<td class="n">(\d+)</td>', listed) == [str(i) for i in range(7)]
+    assert re.findall(r'data-record-key="([^"]+)"', dom) == [codes[i] for i in (1, 3, 4, 6)]
+    assert "are shown" not in dom

@@ -56,7 +56,13 @@ def runs(route: Optional[str] = typer.Option(None, "--route", help="only this ro
 
 @audit_app.command()
 def show(run_id: str = typer.Argument(..., metavar="RUN"), as_json: bool = JSON) -> None:
-    """One run: its manifest (what it was made of) and every record's outcome with reasons."""
+    """One run: its manifest (what it was made of) and its first records' outcomes with reasons.
+
+    The first 1,000 records in leaf order, with how many the run holds, as on the web page: a
+    terminal table of a million rows is read by nobody and takes minutes to lay out, and held
+    whole it takes gigabytes. Every record, for a script or a diff, is in ``audit export``'s
+    records.jsonl, written a chunk at a time and verifiable with openssl alone.
+    """
     from lienthong.audit import report
 
     try:
@@ -78,6 +84,9 @@ def show(run_id: str = typer.Argument(..., metavar="RUN"), as_json: bool = JSON)
         reasons = "; ".join(r["message"] for r in o["reasons"] or [])
         table.add_row(str(o["leaf_index"]), o["record_key"], o["outcome"], o["ack_status"] or "-", reasons)
     out.print(table)
+    if detail["outcomes_total"] > len(detail["outcomes"]):
+        out.print(f"the first {len(detail['outcomes'])} of {detail['outcomes_total']} records are shown; "
+                  f"every one is in the bundle of: lienthong audit export {run_id} --out DIR", highlight=False)
 
 
 @audit_app.command()

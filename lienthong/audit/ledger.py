@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import Any, Iterable, Iterator, Sequence
 
 from sqlalchemy import (JSON, Column, DateTime, Index, Integer, LargeBinary, MetaData, String, Table, Text,
-                        UniqueConstraint, create_engine, insert, inspect, select, text, tuple_, update)
+                        UniqueConstraint, create_engine, func, insert, inspect, select, text, tuple_, update)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Select
 
@@ -273,6 +273,14 @@ class Ledger:
             if len(rows) < chunk:
                 return
             after = tuple(rows[-1][column.name] for column in order)
+
+    def outcome_totals(self, run_id: str) -> dict[str, int]:
+        """Stored outcome rows of the run by kind, counted by the database: the rows themselves,
+        not the run's counts, which a run still open has not got and a changed run row misstates."""
+        query = (select(outcomes.c.outcome, func.count()).where(outcomes.c.run_id == run_id)
+                 .group_by(outcomes.c.outcome))
+        with self.engine.connect() as conn:
+            return {kind: n for kind, n in conn.execute(query)}
 
     def runs(self, route: str | None = None) -> list[dict[str, Any]]:
         """Newest first."""

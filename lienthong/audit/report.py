@@ -8,16 +8,21 @@ portal or by a gate could still quote a value.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
 from lienthong.signing import merkle
 from lienthong.audit.manifest import leaf_bytes
-from lienthong.audit.ledger import Ledger
+from lienthong.audit.ledger import QUARANTINED, Ledger
 from lienthong.audit.verify import Problem, VerifyReport, verify_runs
 from lienthong.logs import mask_personal_ids
 
 __all__ = ["Problem", "VerifyReport", "UnknownRun", "list_runs", "run_detail", "trace", "verify", "export"]
+
+
+# Records a run's detail lists: a screenful to read, not the run (the export holds it all).
+FIRST_RECORDS = 1000
 
 
 class UnknownRun(LookupError):
@@ -40,25 +45,31 @@ def list_runs(ledger: Ledger, route: str | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def run_detail(ledger: Ledger, run_id: str) -> dict[str, Any]:
-    """One run for an auditor: the run, its manifest as signed, and every record's outcome.
+def run_detail(ledger: Ledger, run_id: str, *, limit: int = FIRST_RECORDS) -> dict[str, Any]:
+    """One run for an auditor: the run, its manifest as signed, and the first ``limit`` records.
 
     Keys: everything of :func:`list_runs`, plus ``cursor_before``, ``cursor_after``,
-    ``manifest`` (the signed manifest as a dict, or None while the run is not sealed) and
-    ``outcomes``: one dict per record in leaf order with record_key, source_id, source_hash,
-    payload_hash, version, outcome, reasons (list of {field, rule, message}, masked), signer,
-    ack_code, ack_status, acked_at, leaf_index, leaf_hash.
-    Raises :class:`UnknownRun`.
+    ``manifest`` (the signed manifest as a dict, or None while the run is not sealed),
+    ``outcomes``: the first ``limit`` records in leaf order, one dict each with record_key,
+    source_id, source_hash, payload_hash, version, outcome, reasons (list of {field, rule,
+    message}, masked), signer, ack_code, ack_status, acked_at, leaf_index, leaf_hash;
+    ``quarantined``: the first ``limit`` quarantined ones, alike; and ``outcomes_total``,
+    ``quarantined_total``: how many rows the run stores. Only what is shown is read: a run can
+    hold a million records, and all of them (with proofs) would take gigabytes; the export
+    holds every one. Raises :class:`UnknownRun`.
     """
     run = ledger.run(run_id)
     if run is None:
         raise UnknownRun(run_id)
     m = ledger.manifest(run_id)
+    totals = ledger.outcome_totals(run_id)
     return {
         **_run_fields(run), **_seal_fields(m),
         "cursor_before": run["cursor_before"], "cursor_after": run["cursor_after"],
         "manifest": ledger.manifest_document(m) if m else None,
-        "outcomes": [_outcome_fields(o) for o in ledger.outcomes(run_id)],
+        "outcomes": _first_outcomes(ledger, run_id, limit), "outcomes_total": sum(totals.values()),
+        "quarantined": _first_outcomes(ledger, run_id, limit, QUARANTINED),
+        "quarantined_total": totals.get(QUARANTINED, 0),
     }
 
 
@@ -114,6 +125,12 @@ def export(ledger: Ledger, run_id: str, out_dir: Path, *, keys_dir: Path | None 
     if ledger.run(run_id) is None:
         raise UnknownRun(run_id)
     return write_bundle(ledger, run_id, Path(out_dir), keys_dir=keys_dir, tsa_ca=tsa_ca)
+
+
+def _first_outcomes(ledger: Ledger, run_id: str, limit: int, outcome: str | None = None) -> list[dict[str, Any]]:
+    """One page of ``limit`` rows, one query: the pages after it are never asked for."""
+    rows = ledger.each_outcome(run_id, chunk=max(limit, 1), in_leaf_order=True, outcome=outcome)
+    return [_outcome_fields(o) for o in itertools.islice(rows, limit)]
 
 
 def _run_fields(run: dict[str, Any]) -> dict[str, Any]:

@@ -25,14 +25,14 @@ from fastapi.templating import Jinja2Templates
 from starlette.background import BackgroundTask
 
 from lienthong.audit import report
-from lienthong.audit.ledger import QUARANTINED, Ledger
+from lienthong.audit.ledger import Ledger
 from lienthong.audit.verify import BAD_SIGNATURE, BAD_TIMESTAMP, MANIFEST_MISMATCH, UNSIGNED, UNSTAMPED
 from lienthong.logs import mask_personal_ids
 from lienthong.settings import settings
 
 TEMPLATES = Path(__file__).with_name("templates")
 COUNT_KEYS = ("pulled", "acknowledged", "quarantined", "pending")
-MAX_RECORD_ROWS = 1000  # a run can hold millions of records; the page lists the first ones
+MAX_RECORD_ROWS = report.FIRST_RECORDS  # a run can hold millions of records; the page lists the first ones
 
 
 def default_ledger() -> Ledger:
@@ -70,12 +70,11 @@ def create_app(ledger: Callable[[], Ledger] = default_ledger, *,
     @app.get("/run", response_class=HTMLResponse)
     def run_page(request: Request, run_id: str = Query(..., alias="id", min_length=1)) -> HTMLResponse:
         led = ledger()
-        detail = _known(lambda: report.run_detail(led, run_id))
+        detail = _known(lambda: report.run_detail(led, run_id, limit=MAX_RECORD_ROWS))
         problems = report.verify(led, run_id).problems
-        quarantined = [o for o in detail["outcomes"] if o["outcome"] == QUARANTINED]
         return page(request, "run.html", run=detail, problems=problems,
-                    quarantined=quarantined[:MAX_RECORD_ROWS], quarantined_total=len(quarantined),
-                    outcomes=detail["outcomes"][:MAX_RECORD_ROWS], outcomes_total=len(detail["outcomes"]))
+                    quarantined=detail["quarantined"], quarantined_total=detail["quarantined_total"],
+                    outcomes=detail["outcomes"], outcomes_total=detail["outcomes_total"])
 
     @app.get("/trace", response_class=HTMLResponse)
     def trace_page(request: Request, code: str = "") -> HTMLResponse:
