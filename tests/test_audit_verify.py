@@ -109,6 +109,22 @@ def test_a_removed_last_record_is_caught(ledger: Ledger, keys: Path) -> None:
     assert ("run-3", None, v.RECORD_REMOVED) in problems(ledger, keys)
 
 
+def test_the_quick_check_counts_each_runs_records_but_recomputes_none(ledger: Ledger, keys: Path) -> None:
+    def quick() -> set[tuple]:
+        return {(p.run_id, p.record_key, p.kind) for p in report.verify(ledger, every_record=False, keys_dir=keys).problems}
+
+    sql(ledger, "UPDATE record_outcomes SET outcome = 'acknowledged' WHERE run_id = 'run-1' AND record_key = 'H40-1'")
+    assert quick() == set()  # a changed record: only recomputing it finds it
+    assert ("run-1", "H40-1", v.RECORD_CHANGED) in problems(ledger, keys, "run-1")
+    sql(ledger, "DELETE FROM record_outcomes WHERE run_id = 'run-3' AND record_key = 'H40-8'")
+    sql(ledger, "INSERT INTO record_outcomes (run_id, route, record_key, source_id, source_hash, outcome) "
+                "SELECT run_id, route, 'H40-X', source_id, source_hash, outcome FROM record_outcomes "
+                "WHERE run_id = 'run-2' AND record_key = 'H40-5'")
+    assert quick() == {("run-3", None, v.RECORD_REMOVED), ("run-2", None, v.RECORD_ADDED)}
+    result = report.verify(ledger, every_record=False, keys_dir=keys)
+    assert (result.runs_checked, result.records_checked) == (3, 0)
+
+
 def test_a_removed_middle_run_breaks_the_chain_and_names_the_run_after_it(ledger: Ledger, keys: Path) -> None:
     sql(ledger, "DELETE FROM run_manifests WHERE run_id = 'run-2'")
     found = problems(ledger, keys)

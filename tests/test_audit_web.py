@@ -38,6 +38,7 @@ ROUTE, OTHER_ROUTE = "stp_h40__dossiers", "stp_h40__progress"
 FIRST_RUN = "manual__2026-11-20T01:00:00+00:00"  # ':' and '+' as Airflow's run ids carry them
 SECOND_RUN, TAMPERED_RUN = "scheduled__2026-11-21T01:00:00+00:00", "manual__2026-11-21T02:00:00+00:00"
 DELETED_RUN = "manual__2026-11-22T02:00:00+00:00"
+SHORT_RUN = "scheduled__2026-11-22T01:00:00+00:00"  # one of its record rows is deleted
 PERSONAL_ID = "079203001234"  # quoted by a reason message, as a gate or the portal might
 HEX_RUN = re.compile(r"[0-9a-f]{32,}")
 TWELVE_DIGITS = re.compile(r"(?<!\d)\d{12}(?!\d)")
@@ -68,8 +69,8 @@ def _settle(ledger: Ledger, run_id: str, route: str, records: list[dict[str, Any
 
 def _fill_ledger(s: Settings) -> Ledger:
     """Two runs of one route (a dossier pending in the first, acknowledged in the second), and a
-    run of another route whose record is then altered in the database behind the ledger's back,
-    and a later run of that route whose row is deleted."""
+    third whose record row is then deleted behind the ledger's back; a run of another route whose
+    record is then altered, and a later run of that route whose run row is deleted."""
     init_keys(s.keys_dir)
     ledger = Ledger(s.state_db_url)
     bad_id = {"field": "MaDoiTuong", "rule": "personal_id_matches_birth_date",
@@ -85,6 +86,10 @@ def _fill_ledger(s: Settings) -> Ledger:
         _outcome("H40.01-261120-0003", ACKNOWLEDGED, ack=(0, "stored")),
         _outcome("H40.01-261121-0004", QUARANTINED, reasons=[portal_refused], ack=(12, "invalid_procedure")),
     ], s.keys_dir)
+    _settle(ledger, SHORT_RUN, ROUTE, [
+        _outcome("H40.01-261122-0008", ACKNOWLEDGED, ack=(0, "stored")),
+        _outcome("H40.01-261122-0009", ACKNOWLEDGED, ack=(0, "stored")),
+    ], s.keys_dir)
     _settle(ledger, TAMPERED_RUN, OTHER_ROUTE, [
         _outcome("H40.01-261121-0005", ACKNOWLEDGED, ack=(0, "stored")),
         _outcome("H40.01-261121-0006", ACKNOWLEDGED, ack=(0, "stored")),
@@ -95,6 +100,7 @@ def _fill_ledger(s: Settings) -> Ledger:
         conn.execute(update(outcomes).where(outcomes.c.record_key == "H40.01-261121-0006")
                      .values(ack_status="duplicate"))
         conn.execute(delete(runs).where(runs.c.run_id == DELETED_RUN))
+        conn.execute(delete(outcomes).where(outcomes.c.record_key == "H40.01-261122-0009"))
     return ledger
 
 
@@ -196,9 +202,14 @@ def test_auditor_page_in_airflow(home: Settings, api_server: str, tmp_path: Path
     first = re.search(r'<tr class="run" data-run-id="' + re.escape(FIRST_RUN) + r'">(.*?)</tr>', dom, re.S).group(1)
     assert re.findall(r'data-count="(\w+)">(\d+)<', first) == [
         ("pulled", "3"), ("acknowledged", "1"), ("quarantined", "1"), ("pending", "1")]
+    # The index counts each run's records against its signed tree, and says that a run's page
+    # recomputes each: a deleted record row shows here, a changed one only on its run's page.
     verdicts = dict(re.findall(r'data-run-id="([^"]+)">.*?data-verdict="(\w+)"', dom, re.S))
-    assert verdicts == {FIRST_RUN: "ok", SECOND_RUN: "ok", TAMPERED_RUN: "bad"}
-    assert "record_changed" in dom and "H40.01-261121-0006" in dom
+    assert verdicts == {FIRST_RUN: "ok", SECOND_RUN: "ok", SHORT_RUN: "bad", TAMPERED_RUN: "ok"}
+    short = re.search(r'<tr class="run" data-run-id="' + re.escape(SHORT_RUN) + r'">(.*?)</tr>', dom, re.S).group(1)
+    assert "record_removed" in short and "1 of the signed tree's 2 records are not stored" in text_of(short)
+    assert "record_changed" not in dom
+    assert "A run's own page recomputes every record's hash up to the signed Merkle root" in text_of(dom)
     removed = re.search(r'<div class="unattached">(.*?)</div>', dom, re.S).group(1)
     assert DELETED_RUN in removed and "run_removed" in removed
 
@@ -216,6 +227,9 @@ def test_auditor_page_in_airflow(home: Settings, api_server: str, tmp_path: Path
     dom = browse(f"{page}run?id={quote(SECOND_RUN, safe='')}", profile)
     assert "portal refused the record (code 12): unknown procedure 9.999999" in text_of(dom)
     assert "none (first run" not in text_of(dom)  # the second run chains to the first
+    dom = browse(f"{page}run?id={quote(TAMPERED_RUN, safe='')}", profile)
+    assert re.search(r'data-verdict="bad"', dom)
+    assert "record_changed" in dom and "H40.01-261121-0006" in dom
 
     # Trace: the dossier's journey across both runs, each step proven part of its run.
     dom = browse(f"{page}trace?code=H40.01-261120-0003", profile)

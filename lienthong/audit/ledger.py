@@ -282,6 +282,13 @@ class Ledger:
         with self.engine.connect() as conn:
             return {kind: n for kind, n in conn.execute(query)}
 
+    def stored_records(self) -> dict[str, int]:
+        """Outcome rows stored per run, in one query: what verify's quick mode holds against each
+        manifest's tree size without reading a row."""
+        query = select(outcomes.c.run_id, func.count()).group_by(outcomes.c.run_id)
+        with self.engine.connect() as conn:
+            return {run_id: n for run_id, n in conn.execute(query)}
+
     def runs(self, route: str | None = None) -> list[dict[str, Any]]:
         """Newest first."""
         query = select(runs).order_by(runs.c.started_at.desc())

@@ -99,17 +99,19 @@ def trace(ledger: Ledger, code: str) -> list[dict[str, Any]]:
     return steps
 
 
-def verify(ledger: Ledger, run_id: str | None = None, *, keys_dir: Path | None = None,
-           tsa_ca: Path | None = None) -> VerifyReport:
+def verify(ledger: Ledger, run_id: str | None = None, *, every_record: bool = True,
+           keys_dir: Path | None = None, tsa_ca: Path | None = None) -> VerifyReport:
     """Recompute one run (or every run and every route's chain when ``run_id`` is None).
 
+    ``every_record=False`` counts each run's records against its signed tree instead of
+    recomputing each one (:func:`lienthong.audit.verify.verify_runs` says what it still finds).
     ``keys_dir`` holds the CA that certifies the platform key (default: the settings' keys
     folder); ``tsa_ca`` the TSA's CA (default: the TSA connection's, else ``LIENTHONG_TSA_CA``). Each problem names the
     run and, where it is about one record, the record key. Raises :class:`UnknownRun`.
     """
     if run_id is not None and ledger.run(run_id) is None:
         raise UnknownRun(run_id)
-    return verify_runs(ledger, run_id, keys_dir=keys_dir, tsa_ca=tsa_ca)
+    return verify_runs(ledger, run_id, every_record=every_record, keys_dir=keys_dir, tsa_ca=tsa_ca)
 
 
 def export(ledger: Ledger, run_id: str, out_dir: Path, *, keys_dir: Path | None = None,
