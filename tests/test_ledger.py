@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Iterator
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import inspect, select, text
 
 from lienthong.audit import ledger as ledger_module
 from lienthong.audit import manifest
@@ -202,3 +202,12 @@ def test_records_that_change_between_the_passes_fail_the_settle_and_leave_the_la
         ledger.settle("run-1", second, SUCCESS, None, {"pulled": 5}, {},
                       leaves=b"".join(outcome_leaf(r) for r in first))
     assert (ledger.outcomes("run-1"), ledger.manifest("run-1"), ledger.run("run-1")) == before
+
+
+def test_a_ledger_made_before_the_leaf_order_index_gets_it_when_opened(state_db_url: str) -> None:
+    ledger = Ledger(state_db_url)
+    with ledger.engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_outcomes_run_leaf"))
+    Ledger(state_db_url)
+    Ledger(state_db_url)  # opened again: already there, no error
+    assert "ix_outcomes_run_leaf" in {ix["name"] for ix in inspect(ledger.engine).get_indexes("record_outcomes")}

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from sqlalchemy import (JSON, Column, DateTime, Index, Integer, LargeBinary, MetaData, String, Table, Text,
                         UniqueConstraint, create_engine, func, insert, inspect, select, text, tuple_, update)
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.schema import CreateIndex
 from sqlalchemy.sql import Select
 
 from lienthong.audit import manifest
@@ -118,8 +119,10 @@ class Ledger:
     def __init__(self, url: str) -> None:
         self.engine = engine(url)
         metadata.create_all(self.engine)  # only creates what is missing
-        # ... but not an index added to a table that already exists: ledgers older than it get it here.
-        RUN_LEAF_INDEX.create(self.engine, checkfirst=True)
+        # ... but not an index added to a table that already exists: ledgers older than it get it
+        # here, in one statement, so that processes opening an old ledger at once do not race.
+        with self.engine.begin() as conn:
+            conn.execute(CreateIndex(RUN_LEAF_INDEX, if_not_exists=True))
         _move_inline_signatures(self.engine)
 
     def start_run(self, run_id: str, route: str, dag_id: str | None, airflow_run_id: str | None,
