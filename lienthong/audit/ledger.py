@@ -73,7 +73,9 @@ outcomes = Table(
     Index("ix_outcomes_delivery", "route", "record_key", "version", "outcome"),
     Index("ix_outcomes_record_key", "record_key"),
 )
-RUN_LEAF_INDEX = Index("ix_outcomes_run_leaf", outcomes.c.run_id, outcomes.c.leaf_index)  # a run read in leaf order
+# A run read in leaf order, a page at a time: with the id in it, PostgreSQL seeks each page's
+# start (leaf_index, id) > (...) in the index and sorts nothing.
+RUN_LEAF_INDEX = Index("ix_outcomes_run_leaf", outcomes.c.run_id, outcomes.c.leaf_index, outcomes.c.id)
 
 # A batch's JWS (~2 KB with its certificate chain) is the same for each of its hundreds of records:
 # stored once, named by the SHA-256 of its text. A record's leaf still commits to the whole JWS

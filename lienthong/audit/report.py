@@ -131,7 +131,7 @@ def export(ledger: Ledger, run_id: str, out_dir: Path, *, keys_dir: Path | None 
 
 def _first_outcomes(ledger: Ledger, run_id: str, limit: int, outcome: str | None = None) -> list[dict[str, Any]]:
     """One page of ``limit`` rows, one query: the pages after it are never asked for."""
-    rows = ledger.each_outcome(run_id, chunk=max(limit, 1), in_leaf_order=True, outcome=outcome)
+    rows = ledger.each_outcome(run_id, chunk=limit, in_leaf_order=True, outcome=outcome)
     return [_outcome_fields(o) for o in itertools.islice(rows, limit)]
 
 
