@@ -38,6 +38,10 @@ def test_runs_show_and_trace(home: Settings) -> None:
     shown = audit(home, "show", "run-1")
     assert shown.returncode == 0 and "H40-1" in shown.stdout and "quarantined" in shown.stdout
     assert "001******345" in shown.stdout and "001090012345" not in shown.stdout
+    assert "records are shown" not in shown.stdout  # the whole run fits: no note of a total
+    detail = json.loads(audit(home, "show", "run-1", "--json").stdout)
+    assert [o["leaf_index"] for o in detail["outcomes"]] == [0, 1, 2, 3, 4] and detail["outcomes_total"] == 5
+    assert [o["record_key"] for o in detail["quarantined"]] == ["H40-1"] and detail["quarantined_total"] == 1
     traced = audit(home, "trace", "H40-3")
     assert traced.returncode == 0
     assert "run run-1" in traced.stdout and "run run-2" in traced.stdout and "proof to root" in traced.stdout
