@@ -5,9 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import multiprocessing
 import threading
 import time
 import unicodedata
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -233,6 +235,71 @@ def test_a_rate_limit_keeps_calls_within_the_service_quota(db: Path) -> None:
     assert elapsed >= 39 / 15
 
 
+SHARED_PER_S, SHARED_CALLS = 15, 15  # calls a second for the deployment; calls each process makes
+# (the second process asks crowd(..., offset=420): 420 keeps the birth dates crowd() registered)
+
+
+def paced_worker(conn_id: str, offset: int, ready: Any, go: Any, answers: Any) -> None:
+    """One worker of a deployment, in a process of its own: a verifier built from the connection,
+    as a verify task builds it, that notes when each of its calls was booked and let go."""
+    verifier = PopulationVerifier.from_connection(conn_id)
+    verifier.check()  # the WSDL loaded, the imports done: the clock starts with the calls
+    booked: list[float] = []
+    released: list[float] = []
+    take, wait = verifier.pacer.slots.take, verifier.pacer.wait
+
+    def book(now: float, interval: float) -> float:
+        booked.append(take(now, interval))
+        return booked[-1]
+
+    def release() -> None:
+        wait()
+        released.append(time.time())
+
+    verifier.pacer.slots.take, verifier.pacer.wait = book, release  # type: ignore[method-assign]
+    ready.set()
+    go.wait(30)
+    results = verifier.verify([subject(c) for c in crowd(10 * SHARED_CALLS, offset=offset)])
+    answers.put(([r.status for r in results], booked, released))
+
+
+def test_processes_sharing_the_state_database_keep_one_quota_between_them(
+        db: Path, state_db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers, each with the connection's ``rate_limit``, against a service whose quota is a
+    little above it: together they keep it, as one client would (none turned away; the slots they
+    booked one interval apart on one timetable; no call let go before its slot; the whole taking
+    the time the quota allows), where each pacing alone would send twice the quota. When a call is
+    let go after its slot is up to the machine: a sleeper woken late (tens of milliseconds on a
+    loaded 2-core machine, its process's other threads parsing answers) goes out late, never early."""
+    conn_id = f"population_{uuid.uuid4().hex[:8]}"
+    spawn = multiprocessing.get_context("spawn")
+    ready, go, answers = [spawn.Event(), spawn.Event()], spawn.Event(), spawn.Queue()
+    with serve(db, faults=FaultConfig(quota_per_s=20)) as (server, probe):
+        monkeypatch.setenv("LIENTHONG_STATE_DB", state_db_url)
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({
+            "conn_type": "http", "host": "127.0.0.1", "port": server.port, "schema": "http",
+            "extra": {"batch_size": 10, "rate_limit": SHARED_PER_S}}))
+        workers = [spawn.Process(target=paced_worker, args=(conn_id, 420 * i, ready[i], go, answers))
+                   for i in range(2)]
+        for w in workers:
+            w.start()
+        assert all(r.wait(60) for r in ready), "both workers loaded the service description"
+        started = time.time()
+        go.set()
+        done = [answers.get(timeout=30) for _ in workers]
+        for w in workers:
+            w.join(10)
+    statuses = [s for answer in done for s in answer[0]]
+    booked = sorted(t for answer in done for t in answer[1])
+    released = sorted(t for answer in done for t in answer[2])
+    interval, calls = 1 / SHARED_PER_S, 2 * SHARED_CALLS
+    assert statuses == ["match"] * 10 * calls
+    assert probe.statuses().count(200) == calls and 429 not in probe.statuses()
+    assert min(b - a for a, b in zip(booked, booked[1:])) >= interval - 1e-6
+    assert all(r >= b - 0.002 for b, r in zip(booked, released)), "no call goes before its slot"
+    assert released[-1] - started >= (calls - 1) * interval
+
+
 def test_busy_fault_is_transient(db: Path) -> None:
     with serve(db, max_concurrent=1, latency_ms=40) as (server, probe):
         v = PopulationVerifier(wsdl(server), concurrency=4, max_attempts=15, **FAST)
@@ -319,15 +386,17 @@ def test_the_wsdl_points_at_the_address_it_was_fetched_from(shared: tuple[Server
         assert root.get("targetNamespace") == NS
 
 
-def test_from_connection_reads_the_airflow_connection(shared: tuple[ServerThread, Probe],
+def test_from_connection_reads_the_airflow_connection(shared: tuple[ServerThread, Probe], tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     server, _ = shared
+    monkeypatch.setenv("LIENTHONG_STATE_DB", f"sqlite:///{tmp_path / 'state.db'}")  # the rate limit's slots
     monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_POPULATION", json.dumps({
         "conn_type": "http", "host": "127.0.0.1", "port": server.port, "schema": "http",
         "extra": {"path": "/population", "concurrency": 3, "batch_size": 40, "timeout": 5, "rate_limit": 50}}))
     v = PopulationVerifier.from_connection()
     assert (v.wsdl_url, v.concurrency, v.batch_size, v.timeout) == (wsdl(server), 3, 40, 5.0)
     assert v.pacer.interval == 1 / 50
+    assert (v.pacer.slots.name, v.pacer.slots.url) == ("lienthong_population", f"sqlite:///{tmp_path / 'state.db'}")
     assert v.check() == ["XacThucCongDan", "XacThucDanhSachCongDan"]
     assert v.verify([subject(AN)])[0].status == "match"
 

@@ -1,35 +1,145 @@
-"""Calls started no faster than a service's quota, across the threads of one client.
+"""Calls started no faster than a service's quota, across every worker of the deployment.
 
 The population database, like most national services, allots each agency so many calls a
 second; going over earns 429s and, kept up, a blocked account. Backoff only reacts once the
-quota is hit, so calls (retries included) are spaced to the quota before they are sent. The
-spacing is per client object: a deployment with several workers divides the agency's quota
-among them (each worker's connection extra ``rate_limit``).
+quota is hit, so calls (retries included) are spaced to the quota before they are sent.
+
+The quota is the agency's, so the spacing is the deployment's: a pacer built on the state
+database (:class:`SharedSlots`, what a verifier built from an Airflow connection uses) shares one
+timetable with every thread, process and machine pacing under the same name, so Celery workers
+and the partitions of a run verifying at once together keep the connection's ``rate_limit``.
+Each call reserves the next free slot with one atomic ``UPDATE ... RETURNING`` (SQLite 3.35+ and
+PostgreSQL) and sleeps until it. A client built without a shared store (a unit test, a one-off
+script) paces its own threads alone (:class:`LocalSlots`).
+
+The slot rule (:func:`next_free`) holds both ways: a slot never starts before now, so a limiter
+left idle does not owe its callers a burst of the slots nobody took, and a worker that dies
+holding a reservation wastes that one slot only.
+
+Clocks. Shared slots are wall-clock seconds of the callers' machines: they assume the clocks of
+the deployment's machines agree (NTP) to well within one interval (tens of milliseconds at the
+quotas in use); two machines' calls can come closer than an interval by as much as their clocks
+disagree.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from functools import lru_cache
+from typing import Callable, Protocol, TypeVar
+
+from sqlalchemy import Column, Float, MetaData, String, Table, case, insert, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.sql.elements import ColumnElement
+
+from lienthong.audit.ledger import engine
+
+T = TypeVar("T")
+
+metadata = MetaData()
+
+rate_slots = Table(
+    "rate_slots", metadata,
+    Column("name", String(200), primary_key=True),  # the limiter: an Airflow connection id
+    Column("next_at", Float, nullable=False),  # wall-clock seconds at which the next free slot starts
+)
+
+
+def next_free(booked: T, now: T, interval: float, later: Callable[[T, T], T]) -> T:
+    """The next free slot once a caller has taken its own: the slot after the later of the one
+    booked and now. Written once, for Python numbers and for SQL, so both stores keep one rule."""
+    return later(booked, now) + interval  # type: ignore[operator]
+
+
+class Slots(Protocol):
+    """A timetable of evenly spaced slots; ``take`` reserves the next one, when it starts."""
+
+    clock: Callable[[], float]
+
+    def take(self, now: float, interval: float) -> float: ...
+
+
+class LocalSlots:
+    """The slots of one process, on its monotonic clock: no other client shares them."""
+
+    clock = staticmethod(time.monotonic)
+
+    def __init__(self) -> None:
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def take(self, now: float, interval: float) -> float:
+        with self._lock:
+            self._next = next_free(self._next, now, interval, max)
+            return self._next - interval
+
+
+class SharedSlots:
+    """The slots of every client pacing under ``name`` in the state database at ``url``.
+
+    Nothing is read or created before the first call, so building a client needs no database.
+    """
+
+    clock = staticmethod(time.time)
+
+    def __init__(self, url: str, name: str) -> None:
+        self.url, self.name = url, name
+
+    def take(self, now: float, interval: float) -> float:
+        """One statement, in autocommit: the row lock (PostgreSQL) or the database's write lock
+        (SQLite) is held for that statement only, and a caller waits for its slot holding none."""
+        store = _store(self.url)
+        booked = next_free(rate_slots.c.next_at, now, interval, _later)
+        reserve = (update(rate_slots).where(rate_slots.c.name == self.name).values(next_at=booked)
+                   .returning(rate_slots.c.next_at))
+        with store.connect() as conn:
+            next_at = conn.execute(reserve).scalar()
+            if next_at is None:  # the limiter's first call in this database
+                _add(conn, self.name)
+                next_at = conn.execute(reserve).scalar_one()
+        return next_at - interval
+
+
+def _later(booked: ColumnElement[float], now: float) -> ColumnElement[float]:
+    """``max`` in SQL: a CASE, since SQLite's two-argument MAX is PostgreSQL's GREATEST."""
+    return case((booked > now, booked), else_=now)
+
+
+def _add(conn: Connection, name: str) -> None:
+    """A slot row at the epoch (free now); a client adding it at the same moment is no error."""
+    try:
+        conn.execute(insert(rate_slots).values(name=name, next_at=0.0))
+    except IntegrityError:
+        pass
+
+
+@lru_cache(maxsize=8)
+def _store(url: str) -> Engine:
+    """The ledger's pool for this database, in autocommit, with the slots' table made if missing."""
+    store = engine(url).execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        metadata.create_all(store)  # only creates what is missing
+    except DBAPIError:  # another process created it between the check and the CREATE (PostgreSQL)
+        metadata.create_all(store)
+    return store
 
 
 class Pacer:
     """At most ``per_s`` starts a second, evenly spaced, no bursts; ``None`` or 0: no limit."""
 
-    def __init__(self, per_s: float | None = None) -> None:
+    def __init__(self, per_s: float | None = None, slots: Slots | None = None) -> None:
         if per_s is not None and per_s < 0:
             raise ValueError("a rate limit is a number of calls per second, at least 0")
         self.interval = 1 / per_s if per_s else 0.0
-        self._next = 0.0
-        self._lock = threading.Lock()
+        self.slots = slots or LocalSlots()
 
     def wait(self) -> None:
         """Blocks until this caller's turn: each caller takes the next free slot."""
         if not self.interval:
             return
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + self.interval
+        now = self.slots.clock()
+        start = self.slots.take(now, self.interval)
         if start > now:
             time.sleep(start - now)

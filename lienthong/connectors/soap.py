@@ -32,8 +32,9 @@ from zeep.transports import Transport
 
 from lienthong.connectors.answers import MAX_ANSWER_BYTES, BadAnswer, read_body
 from lienthong.connectors.connection import POPULATION, base_url, get_connection
-from lienthong.connectors.pacing import Pacer
+from lienthong.connectors.pacing import Pacer, SharedSlots, Slots
 from lienthong.logs import get_logger
+from lienthong.settings import settings
 
 log = get_logger(__name__)
 
@@ -238,7 +239,9 @@ class PopulationVerifier:
     def __init__(self, wsdl_url: str, concurrency: int = 4, batch_size: int = 100, timeout: float = 10,
                  max_attempts: int = 5, backoff: float = 0.5, max_backoff: float = 8,
                  cache_size: int = 200_000, max_answer_bytes: int = MAX_ANSWER_BYTES,
-                 rate_limit: float | None = None) -> None:
+                 rate_limit: float | None = None, slots: Slots | None = None) -> None:
+        """``rate_limit``: calls a second, retries included, kept by every client sharing ``slots``
+        (the state database's when built from a connection); without ``slots``, by this one alone."""
         if not 1 <= batch_size <= 100:
             raise ValueError("batch_size must be between 1 and 100, the service's limit")
         self.wsdl_url = wsdl_url
@@ -248,7 +251,7 @@ class PopulationVerifier:
         self.max_attempts = max(1, max_attempts)
         self.backoff, self.max_backoff = backoff, max_backoff
         self.max_answer_bytes = max_answer_bytes
-        self.pacer = Pacer(rate_limit)
+        self.pacer = Pacer(rate_limit, slots)
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.concurrency)
         self._session.mount("http://", adapter)
@@ -263,13 +266,16 @@ class PopulationVerifier:
     @classmethod
     def from_connection(cls, conn_id: str = POPULATION) -> "PopulationVerifier":
         """``extra`` may set path (default ``/population``), concurrency, batch_size, timeout, max_attempts,
-        max_answer_bytes, rate_limit (calls a second, retries included; default none)."""
+        max_answer_bytes, rate_limit (calls a second, retries included; default none). The rate limit is
+        the agency's quota, kept by the whole deployment: every client of ``conn_id`` takes its
+        calls' slots from one timetable in the state database."""
         conn = get_connection(conn_id)
         extra = conn.extra_dejson
         options = {name: kind(extra[name]) for name, kind in (
             ("concurrency", int), ("batch_size", int), ("timeout", float), ("max_attempts", int),
             ("max_answer_bytes", int), ("rate_limit", float)) if name in extra}
-        return cls(f"{base_url(conn)}{extra.get('path', '/population')}?wsdl", **options)
+        return cls(f"{base_url(conn)}{extra.get('path', '/population')}?wsdl", **options,
+                   slots=SharedSlots(settings().state_db_url, conn_id))
 
     def check(self) -> list[str]:
         """Load the WSDL now, in one attempt, and name its operations: the connection test (raises on failure)."""

@@ -1,0 +1,70 @@
+"""The pacer's slots, in one process and in the state database (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from lienthong.connectors.pacing import LocalSlots, Pacer, SharedSlots, Slots
+
+PER_S = 20
+INTERVAL = 1 / PER_S
+# A sleeper woken a little late makes the next gap a little short: a loaded machine's scheduler.
+LATE = 0.3 * INTERVAL
+
+
+def starts(pacer: Pacer, calls: int) -> list[float]:
+    """When each of ``calls`` paced calls was let go, on the pacer's own clock."""
+    times = []
+    for _ in range(calls):
+        pacer.wait()
+        times.append(pacer.slots.clock())
+    return times
+
+
+def assert_no_burst_after_a_pause(slots: Slots) -> None:
+    """Slots nobody took while the limiter was idle are gone: after a pause the first call goes
+    at once and the next ones are spaced again, not sent together to catch up."""
+    pacer = Pacer(PER_S, slots)
+    starts(pacer, 3)
+    time.sleep(10 * INTERVAL)
+    resumed = slots.clock()
+    after = starts(pacer, 5)
+    assert after[0] - resumed < INTERVAL, "the first call after a pause waits for no one"
+    gaps = [b - a for a, b in zip(after, after[1:])]
+    assert min(gaps) >= INTERVAL - LATE, gaps
+    assert after[-1] - after[0] >= 4 * INTERVAL - LATE
+
+
+def test_an_idle_local_limiter_does_not_burst_after_a_pause() -> None:
+    assert_no_burst_after_a_pause(LocalSlots())
+
+
+def test_an_idle_shared_limiter_does_not_burst_after_a_pause(state_db_url: str) -> None:
+    assert_no_burst_after_a_pause(SharedSlots(state_db_url, f"idle-{uuid.uuid4().hex}"))
+
+
+def test_shared_slots_are_one_timetable_per_name(state_db_url: str) -> None:
+    """Two clients of one name take turns; another name is another quota (its own timetable)."""
+    name = f"one-{uuid.uuid4().hex}"
+    first, second, other = (SharedSlots(state_db_url, name), SharedSlots(state_db_url, name),
+                            SharedSlots(state_db_url, f"other-{uuid.uuid4().hex}"))
+    now = time.time() + 3600  # ahead of any slot taken in this database so far
+    assert [first.take(now, 1.0), second.take(now, 1.0), first.take(now, 1.0)] == [now, now + 1, now + 2]
+    assert other.take(now, 1.0) == now
+
+
+def test_no_limit_never_touches_the_store() -> None:
+    """A client without a rate limit pays nothing: no database, not even one that cannot be reached."""
+    pacer = Pacer(None, SharedSlots("postgresql+psycopg://nobody@127.0.0.1:1/none", "unused"))
+    started = time.monotonic()
+    for _ in range(100):
+        pacer.wait()
+    assert time.monotonic() - started < 0.1
+
+
+def test_a_negative_rate_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Pacer(-1)
