@@ -12,7 +12,7 @@ Each call reserves the next free slot with one atomic ``UPDATE ... RETURNING`` (
 PostgreSQL) and sleeps until it. A client built without a shared store (a unit test, a one-off
 script) paces its own threads alone (:class:`LocalSlots`).
 
-The slot rule (:func:`next_free`) holds both ways: a slot never starts before now, so a limiter
+The slot rule (:func:`_next_free`) holds both ways: a slot never starts before now, so a limiter
 left idle does not owe its callers a burst of the slots nobody took, and a worker that dies
 holding a reservation wastes that one slot only.
 
@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import threading
 import time
-from functools import lru_cache
-from typing import Callable, Protocol, TypeVar
+from functools import cached_property
+from typing import Any, Callable, Protocol
 
 from sqlalchemy import Column, Float, MetaData, String, Table, case, insert, update
 from sqlalchemy.engine import Connection, Engine
@@ -35,8 +35,6 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from lienthong.audit.ledger import engine
-
-T = TypeVar("T")
 
 metadata = MetaData()
 
@@ -47,10 +45,11 @@ rate_slots = Table(
 )
 
 
-def next_free(booked: T, now: T, interval: float, later: Callable[[T, T], T]) -> T:
+def _next_free(booked: Any, now: float, interval: float, later: Callable[[Any, float], Any]) -> Any:
     """The next free slot once a caller has taken its own: the slot after the later of the one
-    booked and now. Written once, for Python numbers and for SQL, so both stores keep one rule."""
-    return later(booked, now) + interval  # type: ignore[operator]
+    booked and now. Written once, over Python numbers (``max``) and SQL columns (:func:`_later`),
+    so that both timetables keep one rule."""
+    return later(booked, now) + interval
 
 
 class Slots(Protocol):
@@ -72,7 +71,7 @@ class LocalSlots:
 
     def take(self, now: float, interval: float) -> float:
         with self._lock:
-            self._next = next_free(self._next, now, interval, max)
+            self._next = _next_free(self._next, now, interval, max)
             return self._next - interval
 
 
@@ -80,6 +79,9 @@ class SharedSlots:
     """The slots of every client pacing under ``name`` in the state database at ``url``.
 
     Nothing is read or created before the first call, so building a client needs no database.
+    On SQLite a booking waits for the database's write lock like any writer (the driver's 5 s at
+    most): a ledger settling a large run meanwhile can fail the call, and with it the task, which
+    Airflow retries. On PostgreSQL only the limiter's row is locked, for one statement.
     """
 
     clock = staticmethod(time.time)
@@ -88,18 +90,28 @@ class SharedSlots:
         self.url, self.name = url, name
 
     def take(self, now: float, interval: float) -> float:
-        """One statement, in autocommit: the row lock (PostgreSQL) or the database's write lock
-        (SQLite) is held for that statement only, and a caller waits for its slot holding none."""
-        store = _store(self.url)
-        booked = next_free(rate_slots.c.next_at, now, interval, _later)
+        """One statement, in autocommit: no lock is held between bookings, nor while a caller
+        sleeps until its slot."""
+        booked = _next_free(rate_slots.c.next_at, now, interval, _later)
         reserve = (update(rate_slots).where(rate_slots.c.name == self.name).values(next_at=booked)
                    .returning(rate_slots.c.next_at))
-        with store.connect() as conn:
+        with self._store.connect() as conn:
             next_at = conn.execute(reserve).scalar()
             if next_at is None:  # the limiter's first call in this database
                 _add(conn, self.name)
                 next_at = conn.execute(reserve).scalar_one()
         return next_at - interval
+
+    @cached_property
+    def _store(self) -> Engine:
+        """The ledger's pool for this database, in autocommit, with the slots' table made if
+        missing (once a client: a verify task builds one)."""
+        store = engine(self.url).execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            metadata.create_all(store)  # only creates what is missing
+        except DBAPIError:  # another process created it between the check and the CREATE (PostgreSQL)
+            metadata.create_all(store)
+        return store
 
 
 def _later(booked: ColumnElement[float], now: float) -> ColumnElement[float]:
@@ -113,17 +125,6 @@ def _add(conn: Connection, name: str) -> None:
         conn.execute(insert(rate_slots).values(name=name, next_at=0.0))
     except IntegrityError:
         pass
-
-
-@lru_cache(maxsize=8)
-def _store(url: str) -> Engine:
-    """The ledger's pool for this database, in autocommit, with the slots' table made if missing."""
-    store = engine(url).execution_options(isolation_level="AUTOCOMMIT")
-    try:
-        metadata.create_all(store)  # only creates what is missing
-    except DBAPIError:  # another process created it between the check and the CREATE (PostgreSQL)
-        metadata.create_all(store)
-    return store
 
 
 class Pacer:
