@@ -22,8 +22,11 @@ import psycopg
 import pyodbc
 import pytest
 import requests
+from sqlalchemy import select
 
+from lienthong.audit import ledger
 from lienthong.connectors import connection, odbc
+from lienthong.connectors.pacing import rate_slots
 from lienthong.connectors.rest import PortalUnavailable
 from lienthong.demo import run_routes
 from lienthong.routes import stages
@@ -112,6 +115,22 @@ def test_a_rate_limited_population_database_loses_nothing(tmp_path: Path, monkey
         runs = _sync_until_settled()
         account_for_every_dossier(w, ROUTE, runs)
         assert _struck(w, "population")["error"] > 0
+
+
+def test_a_rate_limited_route_keeps_the_quota_through_the_state_database(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection's ``rate_limit`` under the service's quota: the verify stage books its calls
+    in the run's own state database (the ledger's), and the service turns none away."""
+    with world(tmp_path / "home", 2000) as w:
+        population = w.sandbox.connections()[connection.POPULATION]
+        _use(monkeypatch, w, connection.POPULATION, extra={**population["extra"], "rate_limit": 8})
+        _faults(w, "population", quota_per_s=10)
+        runs = _sync_until_settled()
+        account_for_every_dossier(w, ROUTE, runs)
+        assert _struck(w, "population").get("quota", 0) == 0
+        with ledger.engine(w.settings.state_db_url).connect() as conn:
+            booked = conn.execute(select(rate_slots.c.next_at).where(rate_slots.c.name == connection.POPULATION))
+            assert booked.scalar_one() > 0
 
 
 def _dossiers_on_postgres(w: World, monkeypatch: pytest.MonkeyPatch, count: int) -> str:
