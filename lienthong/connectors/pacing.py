@@ -128,7 +128,10 @@ def _add(conn: Connection, name: str) -> None:
 
 
 class Pacer:
-    """At most ``per_s`` starts a second, evenly spaced, no bursts; ``None`` or 0: no limit."""
+    """At most ``per_s`` starts a second, evenly spaced, no bursts; ``None`` or 0: no limit.
+
+    ``slots``: whose timetable the starts are booked in, and so who shares the limit; by default
+    this pacer's own (its threads only)."""
 
     def __init__(self, per_s: float | None = None, slots: Slots | None = None) -> None:
         if per_s is not None and per_s < 0:
