@@ -19,7 +19,8 @@ holding a reservation wastes that one slot only.
 Clocks. Shared slots are wall-clock seconds of the callers' machines: they assume the clocks of
 the deployment's machines agree (NTP) to well within one interval (tens of milliseconds at the
 quotas in use); two machines' calls can come closer than an interval by as much as their clocks
-disagree.
+disagree. A clock far ahead books slots as far ahead, so the other machines wait that much
+longer: a delay, never a burst.
 """
 
 from __future__ import annotations
