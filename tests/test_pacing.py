@@ -68,3 +68,24 @@ def test_no_limit_never_touches_the_store() -> None:
 def test_a_negative_rate_is_refused() -> None:
     with pytest.raises(ValueError):
         Pacer(-1)
+
+
+def test_on_sqlite_a_booking_waits_out_a_long_write_instead_of_failing(tmp_path) -> None:
+    """A settle of a large run holds SQLite's write lock for longer than the driver's 5 s."""
+    import sqlite3
+    import threading
+
+    db = tmp_path / "state.db"
+    slots = SharedSlots(f"sqlite:///{db}", "population")
+    Pacer(PER_S, slots).wait()  # the table and the limiter's row exist
+    writer = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")
+    released = threading.Timer(6, lambda: writer.execute("COMMIT"))
+    released.start()
+    started = time.monotonic()
+    try:
+        Pacer(PER_S, slots).wait()
+    finally:
+        released.join()
+        writer.close()
+    assert time.monotonic() - started >= 5.5

@@ -106,6 +106,8 @@ run_manifests = Table(
 
 # Rows per INSERT: few round trips, and a chunk's rows with their proofs stay small in memory.
 INSERT_CHUNK = 5000
+# How long a writer waits for SQLite's write lock (see engine).
+SQLITE_LOCK_WAIT_S = 600
 
 
 class LedgerError(RuntimeError):
@@ -118,8 +120,14 @@ def engine(url: str) -> Engine:
 
     JSON columns go through orjson rather than the standard library: every outcome row carries
     its audit path (a list of hex hashes) both ways, and json's pure-Python encoder was about a
-    tenth of settling a run. Either reads what the other wrote."""
-    return create_engine(url, future=True, json_serializer=_json_text, json_deserializer=orjson.loads)
+    tenth of settling a run. Either reads what the other wrote.
+
+    On SQLite a writer waits for the database's write lock up to :data:`SQLITE_LOCK_WAIT_S`
+    rather than the driver's 5 s: a run's settle is one transaction, which for a million records
+    holds the lock for a minute or more, and a second route's run opening, settling or booking a
+    population call (:mod:`lienthong.connectors.pacing`) must wait its turn, not fail."""
+    options: dict[str, Any] = {"connect_args": {"timeout": SQLITE_LOCK_WAIT_S}} if url.startswith("sqlite") else {}
+    return create_engine(url, future=True, json_serializer=_json_text, json_deserializer=orjson.loads, **options)
 
 
 def _json_text(value: Any) -> str:

@@ -80,9 +80,9 @@ class SharedSlots:
     """The slots of every client pacing under ``name`` in the state database at ``url``.
 
     Nothing is read or created before the first call, so building a client needs no database.
-    On SQLite a booking waits for the database's write lock like any writer (the driver's 5 s at
-    most): a ledger settling a large run meanwhile can fail the call, and with it the task, which
-    Airflow retries. On PostgreSQL only the limiter's row is locked, for one statement.
+    On SQLite a booking waits for the database's write lock like any writer, so a ledger settling
+    a large run meanwhile delays it (see :func:`lienthong.audit.ledger.engine`) as the quota
+    would. On PostgreSQL only the limiter's row is locked, for one statement.
     """
 
     clock = staticmethod(time.time)
