@@ -1,10 +1,11 @@
 """Running lienthong's DAGs through Airflow itself, embedded: SQLite metadata, no servers.
 
 Airflow reads the project's ``airflow.cfg`` and keeps its database and logs in the data folder.
-DAG runs happen in a child process (``python -m lienthong.airflow_env RESULT_FILE DAG_ID...``)
-calling ``dag.test()`` for each DAG in turn: the same scheduling loop, task runner and XCom as a
-real deployment, with Airflow's own output going to a log file while the parent shows progress.
-One child runs several DAGs so that Airflow's start-up and the DAG folder parse are paid once.
+DAG runs happen in a child process (``python -m lienthong.airflow_env RESULT_FILE CONF DAG_ID...``)
+calling ``dag.test()`` for each DAG in turn, with the DAG run conf CONF (JSON): the same scheduling
+loop, task runner and XCom as a real deployment, with Airflow's own output going to a log file
+while the parent shows progress. One child runs several DAGs so that Airflow's start-up and the
+DAG folder parse are paid once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from lienthong.settings import PROJECT_ROOT, Settings
 
@@ -53,15 +55,18 @@ def ensure_metadata_db(s: Settings, env: dict[str, str], log_file: Path) -> None
     marker.touch()
 
 
-def start_dag_runs(dag_ids: list[str], env: dict[str, str], result_file: Path, log_file: Path) -> subprocess.Popen:
-    """One run of each DAG, in order; the child writes one JSON line per finished run."""
+def start_dag_runs(dag_ids: list[str], env: dict[str, str], result_file: Path, log_file: Path,
+                   conf: dict[str, Any] | None = None) -> subprocess.Popen:
+    """One run of each DAG, in order, each with ``conf`` as its DAG run conf (as a trigger or a
+    backfill gives it); the child writes one JSON line per finished run."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_file, "ab")
-    return subprocess.Popen([sys.executable, "-m", "lienthong.airflow_env", str(result_file), *dag_ids],
+    return subprocess.Popen([sys.executable, "-m", "lienthong.airflow_env", str(result_file), json.dumps(conf),
+                             *dag_ids],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _run(result_file: Path, dag_ids: list[str]) -> int:
+def _run(result_file: Path, run_conf: dict[str, Any] | None, dag_ids: list[str]) -> int:
     """In the child: parse the DAG folder as the scheduler would, then one DAG run per id."""
     from airflow.configuration import conf
     from airflow.dag_processing.dagbag import DagBag
@@ -76,7 +81,7 @@ def _run(result_file: Path, dag_ids: list[str]) -> int:
             if dag is None:
                 out.write(json.dumps({"dag_id": dag_id, "error": f"no DAG {dag_id!r} in the DAG folder"}) + "\n")
                 continue
-            dag_run = dag.test()
+            dag_run = dag.test(run_conf=run_conf)
             out.write(json.dumps({"dag_id": dag_id, "run_id": dag_run.run_id,
                                   "state": getattr(dag_run.state, "value", str(dag_run.state))}) + "\n")
             out.flush()
@@ -84,4 +89,4 @@ def _run(result_file: Path, dag_ids: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_run(Path(sys.argv[1]), sys.argv[2:]))
+    raise SystemExit(_run(Path(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3:]))

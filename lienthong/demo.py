@@ -31,15 +31,17 @@ ACTOR = "lienthong-demo"
 Progress = Callable[[dict[str, dict[str, int]]], None]
 
 
-def run_routes(s: Settings, routes: list[str], on_progress: Progress | None = None) -> list[dict[str, Any]]:
-    """One DAG run of each route, in order, through Airflow; returns the ledger's record of each."""
+def run_routes(s: Settings, routes: list[str], on_progress: Progress | None = None,
+               conf: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One DAG run of each route, in order, through Airflow, each with ``conf`` as its DAG run conf;
+    returns the ledger's record of each."""
     env = airflow_env.environment(s)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     log_file = s.logs_dir / f"run-{stamp}.log"
     airflow_env.ensure_metadata_db(s, env, log_file)
     result_file = s.home / f".result-{stamp}.jsonl"
     started = time.time()
-    process = airflow_env.start_dag_runs(routes, env, result_file, log_file)
+    process = airflow_env.start_dag_runs(routes, env, result_file, log_file, conf)
     while process.poll() is None:
         if on_progress:
             on_progress(progress(s, routes, started))

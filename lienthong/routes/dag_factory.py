@@ -2,8 +2,9 @@
 
 Tasks pass each other a small reference (route, run id, partition), never records; the heavy
 libraries (pyodbc, zeep, great-expectations, cryptography) load inside the tasks, not at parse time.
-The stages after extract form a task group mapped over the run's partitions (``LIENTHONG_PARTITIONS``,
-1 by default), so a distributed deployment's workers take a partition each.
+The stages after extract form a task group mapped over the run's partitions, so a distributed
+deployment's workers take a partition each: as many as the run's conf asks (``{"partitions": N}``,
+the DAG param of that name), else ``LIENTHONG_PARTITIONS`` (1 by default).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import datetime as dt
 import os
 from typing import Any
 
-from airflow.sdk import DAG, TriggerRule, task, task_group
+from airflow.sdk import DAG, Param, TriggerRule, task, task_group
 
 from lienthong.routes.route import Route
+from lienthong.settings import MAX_PARTITIONS, PARTITIONS_CONF_KEY
 
 DEFAULT_ARGS = {
     "owner": "lienthong",
@@ -27,6 +29,22 @@ DEFAULT_ARGS = {
 # task id -> the function of lienthong.routes.stages it runs, in order after extract.
 STAGE_TASKS = (("verify", "verify"), ("map", "map_records"), ("gate", "gate_records"),
                ("sign", "sign"), ("push", "push"))
+
+
+def run_params() -> dict[str, Param]:
+    """The DAG params: what a run may be given, shown with its description in the trigger form.
+
+    A param rather than a bare conf key, because Airflow 3 validates a run's conf against the
+    params' JSON schema where the run is made: the trigger form and REST API refuse a bad value
+    before any run exists, and ``airflow backfill create --dag-run-conf`` refuses the backfill.
+    The default is null, not a count: a scheduled run has no conf, and a default of its own would
+    override the workers' ``LIENTHONG_PARTITIONS``, which must stay the count when none is asked.
+    """
+    return {PARTITIONS_CONF_KEY: Param(
+        None, type=["null", "integer"], minimum=1, maximum=MAX_PARTITIONS, title="Partitions",
+        description=("How many partitions this run's stages after extract are split into, each a mapped task "
+                     "a worker takes (about the workers' slots in all). Empty: the workers' LIENTHONG_PARTITIONS. "
+                     "Planned once, when extract ends: a retry keeps the first plan."))}
 
 
 def _stage_task(route_name: str, task_id: str, function: str) -> Any:
@@ -59,6 +77,7 @@ def build_dag(route: Route) -> DAG:
         # manifest sets the retries; LIENTHONG_TASK_RETRIES overrides them for a whole deployment.
         default_args={**DEFAULT_ARGS, "retries": int(os.environ.get("LIENTHONG_TASK_RETRIES", route.retries))},
         tags=["lienthong", route.target.name, route.protocol, route.connector_id],
+        params=run_params(),
         doc_md=__doc__,
     ) as dag:
 
@@ -68,8 +87,9 @@ def build_dag(route: Route) -> DAG:
             from lienthong.routes import stages
 
             ref = ref_of(context)
+            wanted = stages.requested_partitions(context["params"])  # refused before anything is pulled
             stages.extract(name, ref["run_id"], context["dag"].dag_id, context["run_id"])
-            return [{**ref, "partition": k} for k in range(stages.partitions(ref["run_id"]))]
+            return [{**ref, "partition": k} for k in range(stages.partitions(ref["run_id"], wanted))]
 
         @task_group(group_id="partition")
         def partition(ref: dict[str, Any]) -> Any:

@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from typing import Any, Callable, Iterator, ParamSpec, TypeVar
+from typing import Any, Callable, Iterator, Mapping, ParamSpec, TypeVar
 
 from lienthong.audit.ledger import (ACKNOWLEDGED, FAILED, PENDING, QUARANTINED, SUCCESS, Ledger, outcome_leaf)
 from lienthong.audit.manifest import platform_sealer, route_facts
@@ -25,7 +25,7 @@ from lienthong.gates import gate
 from lienthong.logs import get_logger
 from lienthong.mappings.engine import MappingEngine
 from lienthong.routes.route import Route, get_route
-from lienthong.settings import settings
+from lienthong.settings import MAX_PARTITIONS, PARTITIONS_CONF_KEY, settings
 from lienthong.signing.canonical import content_hash
 from lienthong.signing.jws import signer_thumbprint
 from lienthong.signing.records import SIGNATURE, VERSION, seal_batch
@@ -115,9 +115,30 @@ def extract(route_name: str, run_id: str, dag_id: str | None = None, airflow_run
     return counts
 
 
-def partitions(run_id: str) -> int:
-    """How many partitions the stages after extract run in: planned once, after extract."""
-    return len(_staging(run_id).partitions(settings().partitions))
+def partitions(run_id: str, wanted: int | None = None) -> int:
+    """How many partitions the stages after extract run in: planned once, after extract, into
+    ``wanted`` (the run's own count, see :func:`requested_partitions`) or else the setting
+    (``LIENTHONG_PARTITIONS``). A retried extract, or a worker with another setting, finds the
+    first plan, whatever it asks for: partitions already worked must keep their parts."""
+    return len(_staging(run_id).partitions(wanted or settings().partitions))
+
+
+def requested_partitions(params: Mapping[str, Any]) -> int | None:
+    """The partition count a run asked for in its conf (``{"partitions": N}``, which Airflow
+    merges into the run's params), or None to leave it to the setting.
+
+    Checked here as well as by the DAG's param schema: the schema lets ``3.0`` through as an
+    integer, and a deployment may have turned ``[core] dag_run_conf_overrides_params`` off or a
+    caller may pass params of its own. The extract task calls this before it pulls anything, so a
+    bad value costs no read of the source and no open run in the ledger.
+    """
+    value = params.get(PARTITIONS_CONF_KEY)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PARTITIONS:
+        raise ValueError(f"DAG run conf {PARTITIONS_CONF_KEY!r} is {value!r}: it must be a whole number from 1 "
+                         f"to {MAX_PARTITIONS}, or absent to use LIENTHONG_PARTITIONS")
+    return value
 
 
 def settle_abandoned(route_name: str, ledger: Ledger) -> None:
