@@ -70,6 +70,7 @@ def _run(result_file: Path, run_conf: dict[str, Any] | None, dag_ids: list[str])
     """In the child: parse the DAG folder as the scheduler would, then one DAG run per id."""
     from airflow.configuration import conf
     from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.exceptions import ParamValidationError
 
     bag = DagBag(dag_folder=conf.get("core", "dags_folder"))
     with open(result_file, "a") as out:
@@ -81,7 +82,11 @@ def _run(result_file: Path, run_conf: dict[str, Any] | None, dag_ids: list[str])
             if dag is None:
                 out.write(json.dumps({"dag_id": dag_id, "error": f"no DAG {dag_id!r} in the DAG folder"}) + "\n")
                 continue
-            dag_run = dag.test(run_conf=run_conf)
+            try:
+                dag_run = dag.test(run_conf=run_conf)
+            except ParamValidationError as exc:  # Airflow made no run: the conf does not fit the DAG's params
+                out.write(json.dumps({"dag_id": dag_id, "error": str(exc).splitlines()[0]}) + "\n")
+                continue
             out.write(json.dumps({"dag_id": dag_id, "run_id": dag_run.run_id,
                                   "state": getattr(dag_run.state, "value", str(dag_run.state))}) + "\n")
             out.flush()

@@ -1,0 +1,58 @@
+"""A DAG run that asks for its own partition count in its conf, through Airflow (``dag.test()``
+with the run's conf, as a trigger or a backfill gives it), with the workers' setting left at one:
+its stages are mapped over that many partitions and every record settles. A bad count pulls
+nothing: Airflow makes no run of a conf its schema refuses, and extract refuses the rest."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from lienthong.audit.ledger import Ledger
+from lienthong.demo import run_routes
+from lienthong.sandbox.portal import sandbox_stats
+from lienthong.settings import Settings
+from tests.e2e import account_for_every_dossier, world
+
+pytestmark = pytest.mark.slow
+ROUTE = "stp_h40__dossiers"
+DOSSIERS = 1200  # three source pages of 500: three parts, one for each partition
+
+
+def mapped_tasks(s: Settings, airflow_run_id: str) -> dict[str, set[tuple[int, str]]]:
+    """The run's task instances inside the partition group, from Airflow's own metadata:
+    task id -> (map index, state) of each."""
+    found: dict[str, set[tuple[int, str]]] = defaultdict(set)
+    with sqlite3.connect(s.airflow_home / "airflow.db") as conn:
+        for task_id, map_index, state in conn.execute(
+                "SELECT task_id, map_index, state FROM task_instance WHERE dag_id = ? AND run_id = ? "
+                "AND task_id LIKE 'partition.%'", (ROUTE, airflow_run_id)):
+            found[task_id].add((map_index, state))
+    return dict(found)
+
+
+def test_a_run_asked_for_three_partitions_maps_its_stages_over_three_and_settles_every_record(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIENTHONG_PARTITIONS", "1")  # the workers' setting: the conf alone asks for three
+    with world(tmp_path / "home", DOSSIERS) as w:
+        # Airflow refuses to make a run whose conf breaks the DAG param's schema ...
+        with pytest.raises(RuntimeError, match="Invalid input for param partitions: 0 is less than the minimum of 1"):
+            run_routes(w.settings, [ROUTE], conf={"partitions": 0})
+        # ... and the extract task refuses what the schema lets through, before it pulls anything.
+        with pytest.raises(RuntimeError, match="left no run record") as refused:
+            run_routes(w.settings, [ROUTE], conf={"partitions": 3.0})
+        log_file = Path(str(refused.value).rsplit("see ", 1)[1])
+        assert "DAG run conf 'partitions' is 3.0: it must be a whole number" in log_file.read_text()
+        assert Ledger(w.settings.state_db_url).runs(ROUTE) == []  # no run started in the ledger
+        assert sandbox_stats(w.sandbox.url("portal"))["received"] == 0
+
+        run = run_routes(w.settings, [ROUTE], conf={"partitions": 3})[0]
+        assert (run["status"], run["dag_run_state"]) == ("success", "success")
+        assert run["counts"]["pulled"] == DOSSIERS and run["counts"]["pending"] == 0
+        stages = mapped_tasks(w.settings, run["airflow_run_id"])
+        assert stages == {f"partition.{name}": {(k, "success") for k in range(3)}
+                          for name in ("verify", "map", "gate", "sign", "push")}, stages
+        account_for_every_dossier(w, ROUTE, [run["run_id"]])
