@@ -2,10 +2,11 @@
 metadata and the ledger, Redis as the Celery broker, staging in an S3 bucket (moto's server over
 HTTP), an API server, a scheduler, a DAG processor and two Celery workers on this machine (sharing
 one data folder for the keys and logs, as machines would share a key store and log shipping, but
-no staging). Each route is backfilled with
-``airflow backfill create`` as a province would, each run in two partitions. The run that pulls
-the records must settle the ledger as the embedded run (one partition) does, both workers must have
-taken partitions of it, and the backfill's later runs, which find nothing new, must succeed too.
+no staging). Each route is backfilled with ``airflow backfill create`` as a province would, each
+run in two partitions asked for in the backfill's conf (the workers' ``LIENTHONG_PARTITIONS`` is
+left at one). The run that pulls the records must settle the ledger as the embedded run (one
+partition) does, both workers must have taken partitions of it, and the backfill's later runs,
+which find nothing new, must succeed too.
 
 Both workers take partitions by construction, not by chance: each runs one task at a time and
 takes none in advance (Airflow's Celery defaults: prefetch multiplier 1, late acknowledgement),
@@ -218,8 +219,8 @@ def test_two_celery_workers_backfill_the_ledger_as_the_embedded_run_settles_it(
     api = f"http://127.0.0.1:{api_port}"
     deployment = distributed.Deployment(metadata_db=metadata_db, state_db=state_db,
                                         broker_url=f"redis://127.0.0.1:{broker_port}/0", api_url=api,
-                                        jwt_secret=secrets.token_urlsafe(32), partitions=len(WORKERS),
-                                        staging_url=s3_bucket, staging_conn_id=STAGING_CONN_ID)
+                                        jwt_secret=secrets.token_urlsafe(32), staging_url=s3_bucket,
+                                        staging_conn_id=STAGING_CONN_ID)
     processes.start("redis", [str(REDIS_SERVER), "--port", str(broker_port), "--bind", "127.0.0.1",
                               "--save", "", "--appendonly", "no"], os.environ.copy())
     processes.start("db-migrate", airflow("db", "migrate"), distributed.environment(
@@ -277,18 +278,20 @@ def test_two_celery_workers_backfill_the_ledger_as_the_embedded_run_settles_it(
 
 def backfill_together(processes: Processes, api: str, s: Settings, metadata: Engine, env: dict[str, str]) -> None:
     """A backfill of each route, made as the README tells a province to: ``airflow backfill create``
-    with at most one run at a time (two runs of one route would pull the same records). Made once
-    the DAGs are parsed, while they are still paused, which holds their runs queued; unpaused
-    together once both workers listen, so that both routes' first runs start in one scheduler loop
-    and each stage's two partitions find a worker each."""
+    with at most one run at a time (two runs of one route would pull the same records), each run in
+    a partition per worker (``--dag-run-conf``). Made once the DAGs are parsed, while they are
+    still paused, which holds their runs queued; unpaused together once both workers listen, so
+    that both routes' first runs start in one scheduler loop and each stage's two partitions find
+    a worker each."""
     processes.wait_for("parsed DAGs", lambda: _parsed(metadata) >= set(ROUTES))
     now = dt.datetime.now(dt.timezone.utc)
     to = (now - dt.timedelta(minutes=1)).replace(second=0, microsecond=0)
     to -= dt.timedelta(minutes=to.minute % 15)
     window = ["--from-date", (to - dt.timedelta(minutes=5)).isoformat(), "--to-date", to.isoformat()]
+    conf = ["--dag-run-conf", json.dumps({"partitions": len(WORKERS)})]
     for route in ROUTES:
         processes.start(f"backfill-{route}", airflow("backfill", "create", "--dag-id", route, *window,
-                                                     "--max-active-runs", "1"), env)
+                                                     "--max-active-runs", "1", *conf), env)
     for route in ROUTES:
         processes.finish(f"backfill-{route}", timeout=120)
     headers = {"Authorization": f"Bearer {processes.wait_for('API token', lambda: _token(api, s))}"}
