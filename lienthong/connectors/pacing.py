@@ -12,9 +12,9 @@ Each call reserves the next free slot with one atomic ``UPDATE ... RETURNING`` (
 PostgreSQL) and sleeps until it. A client built without a shared store (a unit test, a one-off
 script) paces its own threads alone (:class:`LocalSlots`).
 
-The slot rule (:func:`_next_free`) holds both ways: a slot never starts before now, so a limiter
-left idle does not owe its callers a burst of the slots nobody took, and a worker that dies
-holding a reservation wastes that one slot only.
+Both keep one rule: the next free slot is one interval after the later of the last one booked
+and now. A slot never starts before now, so a limiter left idle does not owe its callers a burst
+of the slots nobody took, and a worker that dies holding a reservation wastes that one slot only.
 
 Clocks. Shared slots are wall-clock seconds of the callers' machines: they assume the clocks of
 the deployment's machines agree (NTP) to well within one interval (tens of milliseconds at the
@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from functools import cached_property
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 from sqlalchemy import Column, Float, MetaData, String, Table, case, insert, update
 from sqlalchemy.engine import Connection, Engine
@@ -44,13 +44,6 @@ rate_slots = Table(
     Column("name", String(200), primary_key=True),  # the limiter: an Airflow connection id
     Column("next_at", Float, nullable=False),  # wall-clock seconds at which the next free slot starts
 )
-
-
-def _next_free(booked: Any, now: float, interval: float, later: Callable[[Any, float], Any]) -> Any:
-    """The next free slot once a caller has taken its own: the slot after the later of the one
-    booked and now. Written once, over Python numbers (``max``) and SQL columns (:func:`_later`),
-    so that both timetables keep one rule."""
-    return later(booked, now) + interval
 
 
 class Slots(Protocol):
@@ -72,7 +65,7 @@ class LocalSlots:
 
     def take(self, now: float, interval: float) -> float:
         with self._lock:
-            self._next = _next_free(self._next, now, interval, max)
+            self._next = max(self._next, now) + interval
             return self._next - interval
 
 
@@ -93,7 +86,7 @@ class SharedSlots:
     def take(self, now: float, interval: float) -> float:
         """One statement, in autocommit: no lock is held between bookings, nor while a caller
         sleeps until its slot."""
-        booked = _next_free(rate_slots.c.next_at, now, interval, _later)
+        booked = _later(rate_slots.c.next_at, now) + interval
         reserve = (update(rate_slots).where(rate_slots.c.name == self.name).values(next_at=booked)
                    .returning(rate_slots.c.next_at))
         with self._store.connect() as conn:
