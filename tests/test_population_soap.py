@@ -20,7 +20,7 @@ import requests
 import zeep
 from lxml import etree
 
-from lienthong.connectors.soap import PopulationVerifier, Subject, Verification, is_transient
+from lienthong.connectors.soap import BatchCall, PopulationVerifier, Subject, Verification, is_transient
 from lienthong.sandbox.faults import FaultConfig
 from lienthong.sandbox.http import ServerThread, free_port
 from lienthong.sandbox.population import NS, SOAP11, SOAP12, Citizen, PopulationRegistry, create_app
@@ -373,6 +373,25 @@ def test_the_soap_12_port_answers_too(shared: tuple[ServerThread, Probe]) -> Non
     single = client.service.XacThucCongDan(SoDinhDanh=AN.personal_id, HoVaTen=AN.full_name,
                                            NgaySinh=AN.date_of_birth, GioiTinh="M")
     assert single.MaKetQua == "KHOP" and probe.posts[-1][0].startswith("text/xml")
+
+
+def test_a_batch_call_sends_the_bytes_zeep_renders_and_reads_the_answer_through_zeep(
+        shared: tuple[ServerThread, Probe]) -> None:
+    server, probe = shared
+    client = zeep.Client(wsdl(server))
+    people = [AN, BINH, Citizen(UNKNOWN_ID, "Đặng Thị Ánh & <Hà>", dt.date(2001, 12, 31), "F")]
+    items = [{"MaYeuCau": str(i), "SoDinhDanh": c.personal_id, "HoVaTen": c.full_name, "NgaySinh": c.date_of_birth,
+              "GioiTinh": c.gender} for i, c in enumerate(people)]
+    call = BatchCall(client, "XacThucDanhSachCongDan", "CongDan")
+    ours, our_headers = call.envelope(items)
+    theirs, their_headers = client.service._binding._create(
+        "XacThucDanhSachCongDan", (), {"CongDan": items}, client=client, options=client.service._binding_options)
+    assert etree.tostring(ours) == etree.tostring(theirs) and our_headers == their_headers
+    answers = call(items)
+    assert [(a.MaYeuCau, a.MaKetQua) for a in answers] == [("0", "KHOP"), ("1", "KHOP"), ("2", "KHONG_TIM_THAY")]
+    assert probe.posts[-1][1] == 200
+    with pytest.raises(zeep.exceptions.Error, match="has no XacThucDanhSachCongDan taking a list of Nguoi"):
+        BatchCall(client, "XacThucDanhSachCongDan", "Nguoi")
 
 
 def test_the_wsdl_points_at_the_address_it_was_fetched_from(shared: tuple[ServerThread, Probe]) -> None:
