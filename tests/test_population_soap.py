@@ -390,8 +390,43 @@ def test_a_batch_call_sends_the_bytes_zeep_renders_and_reads_the_answer_through_
     answers = call(items)
     assert [(a.MaYeuCau, a.MaKetQua) for a in answers] == [("0", "KHOP"), ("1", "KHOP"), ("2", "KHONG_TIM_THAY")]
     assert probe.posts[-1][1] == 200
-    with pytest.raises(zeep.exceptions.Error, match="has no XacThucDanhSachCongDan taking a list of Nguoi"):
+    with pytest.raises(zeep.exceptions.Error, match="has no XacThucDanhSachCongDan that takes a list of Nguoi"):
         BatchCall(client, "XacThucDanhSachCongDan", "Nguoi")
+
+
+def _answer(*items: str, soap: str = SOAP11) -> bytes:
+    return (f'<e:Envelope xmlns:e="{soap}"><e:Body><p:XacThucDanhSachCongDanResponse xmlns:p="{NS}">'
+            + "".join(items) + "</p:XacThucDanhSachCongDanResponse></e:Body></e:Envelope>").encode()
+
+
+PLAIN = ["<p:KetQua><p:MaYeuCau>0</p:MaYeuCau><p:MaKetQua>KHOP</p:MaKetQua><p:MoTa>khớp</p:MoTa></p:KetQua>",
+         "<p:KetQua>\n <p:MaYeuCau>1</p:MaYeuCau> <p:MaKetQua>KHONG_KHOP</p:MaKetQua>"
+         "<p:TruongSaiLech>HoVaTen</p:TruongSaiLech><p:TruongSaiLech>GioiTinh</p:TruongSaiLech>"
+         "<p:MoTa> a &amp; b </p:MoTa></p:KetQua>",
+         "<p:KetQua><p:MaKetQua>KHONG_TIM_THAY</p:MaKetQua><p:MoTa></p:MoTa></p:KetQua>"]
+
+
+@pytest.mark.parametrize("answer, plain", [
+    (_answer(*PLAIN), True),
+    (_answer(), True),
+    (_answer(*PLAIN[:1], "<p:KetQua><p:MaKetQua>KHOP</p:MaKetQua></p:KetQua>"), False),  # MoTa missing
+    (_answer(*PLAIN[:1], '<p:KetQua><p:MaKetQua x="1">KHOP</p:MaKetQua><p:MoTa/></p:KetQua>'), False),
+    (_answer("<p:KetQua><p:MaKetQua>KHOP</p:MaKetQua><!-- c --><p:MoTa>m</p:MoTa></p:KetQua>"), True),  # parser drops it
+    (_answer("<p:KetQua><p:MoTa>m</p:MoTa><p:MaKetQua>KHOP</p:MaKetQua></p:KetQua>"), False),  # out of order
+    (_answer("<p:KetQua><p:MaKetQua>KHOP</p:MaKetQua><p:MoTa>m</p:MoTa><p:X/></p:KetQua>"), False),
+    (_answer("<p:KetQua><p:MaKetQua><p:MoTa>m</p:MoTa></p:MaKetQua><p:MoTa>m</p:MoTa></p:KetQua>"), False),
+    (_answer(PLAIN[0], soap=SOAP12), False),
+])
+def test_a_plain_answer_is_read_as_zeep_reads_it_and_any_other_left_to_zeep(
+        shared: tuple[ServerThread, Probe], answer: bytes, plain: bool) -> None:
+    server, _ = shared
+    client = zeep.Client(wsdl(server))
+    call = BatchCall(client, "XacThucDanhSachCongDan", "CongDan")
+    envelope = zeep.loader.parse_xml(answer, client.transport, settings=client.settings)
+    ours = call.answer(envelope)
+    assert (ours is not None) == plain
+    if plain:
+        assert ours == call.operation.process_reply(envelope)
 
 
 def test_the_wsdl_points_at_the_address_it_was_fetched_from(shared: tuple[ServerThread, Probe]) -> None:
