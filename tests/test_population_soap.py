@@ -235,7 +235,10 @@ def test_a_rate_limit_keeps_calls_within_the_service_quota(db: Path) -> None:
     assert elapsed >= 39 / 15
 
 
-SHARED_PER_S, SHARED_CALLS = 15, 15  # calls a second for the deployment; calls each process makes
+# Calls a second for the deployment, against the service's 20; calls each process makes. The margin
+# is wide because the server stamps a request when its thread gets to it: on a loaded machine the
+# test process is starved, takes in requests that waited in a bunch, and counted 21 in a second at 15.
+SHARED_PER_S, SHARED_CALLS = 12, 15
 # (the second process asks crowd(..., offset=420): 420 keeps the birth dates crowd() registered)
 
 
