@@ -34,8 +34,10 @@ from lienthong.staging import STAGES, RunStaging, StageDir, purge_route
 log = get_logger(__name__)
 
 
-# Parts the gate validates at once (see gate_records): 20 parts of a 500-row page, 10,000 records.
-GATE_GROUP_PARTS = 20
+# Parts the gate validates at once (see gate_records): 100 parts of a 500-row page, 50,000 records.
+# The suite took 0.85 s over 10,000 records, 1.39 s over 50,000 and 1.92 s over 100,000: 50,000
+# cuts its cost a record from 85 µs to 28 for ~100 MB more while a group is held.
+GATE_GROUP_PARTS = 100
 
 
 # A stage's way of saying how far it got (counts so far), for whoever shows progress.
@@ -245,7 +247,7 @@ def _mapped(engine: MappingEngine, row: dict[str, Any], verification: dict[str, 
 def gate_records(route_name: str, run_id: str, partition: int | None = None) -> dict[str, Any]:
     """Pass, quarantine or pending per record, by the suite, the domain rules and verification.
 
-    great-expectations costs about 0.8 s a validation whatever the rows, so parts are validated
+    great-expectations costs about 0.8 s a validation before it reads a row, so parts are validated
     in groups of :data:`GATE_GROUP_PARTS`, at fixed boundaries within their partition: a resumed
     gate validates exactly the groups it validated before, and a batch-wide rule (unique codes)
     sees the same batch.
