@@ -268,8 +268,8 @@ def paced_worker(conn_id: str, offset: int, ready: Any, go: Any, answers: Any) -
 
 def test_processes_sharing_the_state_database_keep_one_quota_between_them(
         db: Path, state_db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two workers, each with the connection's ``rate_limit``, against a service whose quota is a
-    little above it: together they keep it, as one client would (none turned away; the slots they
+    """Two workers, each with the connection's ``rate_limit``, against a service whose quota is
+    above it: together they keep it, as one client would (none turned away; the slots they
     booked one interval apart on one timetable; no call let go before its slot; the whole taking
     the time the quota allows), where each pacing alone would send twice the quota. When a call is
     let go after its slot is up to the machine: a sleeper woken late (tens of milliseconds on a
