@@ -137,7 +137,7 @@ def api_server(home: Settings, tsa: str) -> Iterator[str]:
             try:
                 if requests.get(f"{base}/api/v2/monitor/health", timeout=2).ok:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still starting
                 pass
             assert time.monotonic() < deadline, "the API server did not answer in 120 s"
             time.sleep(1)
