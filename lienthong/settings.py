@@ -55,7 +55,7 @@ class Settings(BaseModel):
             home=home,
             state_db_url=os.environ.get("LIENTHONG_STATE_DB") or f"sqlite:///{home / 'state.db'}",
             abandoned_after_s=float(os.environ.get("LIENTHONG_ABANDONED_AFTER_S") or 900.0),
-            partitions=int(os.environ.get("LIENTHONG_PARTITIONS") or 1),
+            partitions=_partitions_setting(),
             staging_url=os.environ.get("LIENTHONG_STAGING_URL") or "",
             staging_conn_id=os.environ.get("LIENTHONG_STAGING_CONN_ID") or None,
         )
@@ -94,6 +94,15 @@ class Settings(BaseModel):
     @cached_property
     def airflow_home(self) -> Path:
         return self.home / "airflow"
+
+
+def _partitions_setting() -> int:
+    """``LIENTHONG_PARTITIONS``, held to the bounds a run's own count is held to: a worker whose
+    setting is wrong says so at its first task, not by planning 1,000 partitions or none."""
+    raw = (os.environ.get("LIENTHONG_PARTITIONS") or "1").strip()
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PARTITIONS:
+        raise ValueError(f"LIENTHONG_PARTITIONS is {raw!r}: it must be a whole number from 1 to {MAX_PARTITIONS}")
+    return int(raw)
 
 
 def settings() -> Settings:

@@ -15,7 +15,7 @@ from airflow.sdk.exceptions import ParamValidationError
 from lienthong.registry.store import Registry
 from lienthong.routes import stages
 from lienthong.routes.dag_factory import build_dag
-from lienthong.settings import MAX_PARTITIONS, Settings
+from lienthong.settings import MAX_PARTITIONS, Settings, settings
 from lienthong.signing.keys import init_keys
 from lienthong.staging import RunStaging
 from tests.e2e import approve_examples
@@ -63,6 +63,17 @@ def test_a_bad_count_is_refused_naming_the_conf_key_and_the_value(value: Any) ->
         stages.requested_partitions({"partitions": value})
     assert f"DAG run conf 'partitions' is {value!r}" in str(refused.value)
     assert f"from 1 to {MAX_PARTITIONS}" in str(refused.value)
+
+
+@pytest.mark.parametrize("value", ("0", "-2", str(MAX_PARTITIONS + 1), "two", "2.5", "1e3"))
+def test_a_bad_partitions_setting_is_refused_naming_the_variable_and_the_value(
+        value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIENTHONG_PARTITIONS", value)
+    with pytest.raises(ValueError, match=re.escape(f"LIENTHONG_PARTITIONS is {value!r}: it must be a whole number "
+                                                   f"from 1 to {MAX_PARTITIONS}")):
+        settings()
+    monkeypatch.setenv("LIENTHONG_PARTITIONS", f" {MAX_PARTITIONS} ")
+    assert settings().partitions == MAX_PARTITIONS
 
 
 def test_the_dag_param_shows_the_count_and_airflow_refuses_what_the_stages_refuse(
