@@ -18,6 +18,7 @@ from rich.table import Table
 from lienthong.audit.cli import audit_app
 from lienthong.consoles import err as console
 from lienthong.registry.cli import connectors_app
+from lienthong.settings import MAX_PARTITIONS, PARTITIONS_CONF_KEY
 from lienthong.staging import STAGES
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -96,13 +97,19 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 @app.command()
-def run(route: str = typer.Argument(..., help="the route (DAG id, <agency>__<stream>) to run")) -> None:
+def run(
+    route: str = typer.Argument(..., help="the route (DAG id, <agency>__<stream>) to run"),
+    partitions: int = typer.Option(None, min=1, max=MAX_PARTITIONS,
+                                   help="partitions for this run's stages after extract, given as its DAG run conf "
+                                        "(as a trigger or a backfill gives it); default: LIENTHONG_PARTITIONS"),
+) -> None:
     """Run one route once through Airflow with the connections of this environment."""
     from lienthong.demo import run_routes
     from lienthong.settings import settings
 
-    (result,) = run_routes(settings(), [route])
-    typer.echo(json.dumps({k: result[k] for k in ("run_id", "status", "counts", "quarantine_reasons", "log_file")},
+    (result,) = run_routes(settings(), [route], conf={PARTITIONS_CONF_KEY: partitions} if partitions else None)
+    typer.echo(json.dumps({k: result[k] for k in ("run_id", "airflow_run_id", "dag_run_state", "status", "counts",
+                                                  "quarantine_reasons", "log_file")},
                           ensure_ascii=False, default=str))
     if result["status"] != "success":
         raise typer.Exit(1)

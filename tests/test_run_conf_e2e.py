@@ -1,17 +1,21 @@
-"""A DAG run that asks for its own partition count in its conf, through Airflow (``dag.test()``
-with the run's conf, as a trigger or a backfill gives it), with the workers' setting left at one:
-its stages are mapped over that many partitions and every record settles. A bad count pulls
-nothing: Airflow makes no run of a conf its schema refuses, and extract refuses the rest."""
+"""A DAG run that asks for its own partition count in its conf (``lienthong run --partitions``),
+through Airflow (``dag.test()`` with the run's conf, as a trigger or a backfill gives it), with
+the workers' setting left at one: its stages are mapped over that many partitions and every
+record settles. A bad count pulls nothing: Airflow makes no run of a conf its schema refuses,
+and extract refuses the rest."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from lienthong.audit.ledger import Ledger
+from lienthong.cli import app
 from lienthong.demo import run_routes
 from lienthong.sandbox.portal import sandbox_stats
 from lienthong.settings import Settings
@@ -49,7 +53,10 @@ def test_a_run_asked_for_three_partitions_maps_its_stages_over_three_and_settles
         assert Ledger(w.settings.state_db_url).runs(ROUTE) == []  # no run started in the ledger
         assert sandbox_stats(w.sandbox.url("portal"))["received"] == 0
 
-        run = run_routes(w.settings, [ROUTE], conf={"partitions": 3})[0]
+        # The documented command, which gives the run its conf as a trigger or a backfill does.
+        said = CliRunner().invoke(app, ["run", ROUTE, "--partitions", "3"])
+        assert said.exit_code == 0, said.output
+        run = json.loads(said.stdout.splitlines()[-1])
         assert (run["status"], run["dag_run_state"]) == ("success", "success")
         assert run["counts"]["pulled"] == DOSSIERS and run["counts"]["pending"] == 0
         stages = mapped_tasks(w.settings, run["airflow_run_id"])
