@@ -240,6 +240,7 @@ class BatchCall:
             item = dict(self.operation.input.body.type.elements)[items]
             fields = item.type.elements
             self.answer = _PlainAnswer(self.operation)
+            self.reply = _PlainFirst(self.operation, self.answer)
         except (ValueError, KeyError, AttributeError):
             raise ZeepError(f"the service description has no {operation} that takes a list of {items} "
                             "and answers a list") from None
@@ -262,14 +263,13 @@ class BatchCall:
     def __call__(self, values: Sequence[dict[str, Any]]) -> Any:
         envelope, headers = self.envelope(values)
         response = self.client.transport.post_xml(self.options["address"], envelope, headers)
-        return self.binding.process_reply(self.client, _PlainFirst(self.operation, self.answer), response)
+        return self.binding.process_reply(self.client, self.reply, response)
 
 
 class _PlainAnswer:
     """Reads a list answer whose items are plain (each a sequence of text-only elements, as the
     WSDL has them, with no attribute or nesting; zeep's parser has dropped comments) without
-    zeep's reader, which cost
-    ~90 µs a citizen. Anything else, well-formed or hostile, is left to zeep, so what is refused
+    zeep's reader, which cost ~90 µs a citizen. Anything else, well-formed or hostile, is left to zeep, so what is refused
     and how stays zeep's. Each value goes through its schema type's ``pythonvalue``, and each item
     becomes the type's own value object: the same answer zeep gives (a test compares).
     """
