@@ -72,6 +72,7 @@ def _run(result_file: Path, run_conf: dict[str, Any] | None, dag_ids: list[str])
     from airflow.dag_processing.dagbag import DagBag
     from airflow.sdk.exceptions import ParamValidationError
 
+    _serve_only_the_runners_api_version()
     bag = DagBag(dag_folder=conf.get("core", "dags_folder"))
     with open(result_file, "a") as out:
         if bag.import_errors:
@@ -91,6 +92,34 @@ def _run(result_file: Path, run_conf: dict[str, Any] | None, dag_ids: list[str])
                                   "state": getattr(dag_run.state, "value", str(dag_run.state))}) + "\n")
             out.flush()
     return 0
+
+
+def _serve_only_the_runners_api_version() -> bool:
+    """Build ``dag.test()``'s in-process Execution API for the one version its client speaks.
+
+    ``dag.test()`` serves the Execution API inside this process to this process's own task
+    runner, and Cadwyn builds the routes of every version Airflow still serves when the first
+    task starts: 4 to 6 s of a run with nothing new, its largest part. A deployment's API server
+    builds them once and serves older workers with them; here the only client is the task SDK
+    installed beside this Airflow, which speaks the newest version, so only that one is built
+    (with the routes kept only for older versions left out, as the newest version leaves them).
+    Where the task SDK speaks another version (a mismatched upgrade) or Airflow's bundle has head
+    changes, Airflow's own bundle is kept. Returns whether it was narrowed.
+    """
+    from cadwyn import HeadVersion, Version, VersionBundle
+    from cadwyn.route_generation import _DELETED_ROUTE_TAG
+
+    from airflow.api_fastapi.execution_api import versions
+    from airflow.api_fastapi.execution_api.routes import execution_api_router
+    from airflow.sdk.api.datamodels._generated import API_VERSION
+
+    served = versions.bundle
+    if served.versions[0].value != API_VERSION or served.head_version.changes:
+        return False
+    versions.bundle = VersionBundle(HeadVersion(), Version(API_VERSION))
+    execution_api_router.routes = [route for route in execution_api_router.routes
+                                   if _DELETED_ROUTE_TAG not in getattr(route, "tags", ())]
+    return True
 
 
 if __name__ == "__main__":
