@@ -363,8 +363,7 @@ def _outcome_row(record: dict[str, Any]) -> dict[str, Any]:
     row = {name: record.get(name) for name in manifest.LEAF_FIELDS}
     if row["reasons"]:  # a portal or gate message may quote a value: mask before it is hashed
         row["reasons"] = [{**r, "message": mask_personal_ids(str(r.get("message", "")))} for r in row["reasons"]]
-    if row["acked_at"] is not None:
-        row["acked_at"] = dt.datetime.fromisoformat(manifest.utc_text(row["acked_at"]).replace("Z", "+00:00"))
+    row["acked_at"] = manifest.utc_time(row["acked_at"])
     return row
 
 

@@ -56,15 +56,21 @@ def route_facts(route: Route) -> dict[str, Any]:
     }
 
 
-def utc_text(value: dt.datetime | str | None) -> str | None:
-    """One text form for a time, whatever the database gave back (SQLite drops the zone: UTC)."""
+def utc_time(value: dt.datetime | str | None) -> dt.datetime | None:
+    """A time in UTC, whatever the database or a staged part gave back (SQLite drops the zone: UTC)."""
     if value is None:
         return None
     if isinstance(value, str):
         value = dt.datetime.fromisoformat(value)
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.astimezone(dt.timezone.utc)
+
+
+def utc_text(value: dt.datetime | str | None) -> str | None:
+    """One text form for a time, as :func:`utc_time` reads it."""
+    value = utc_time(value)
+    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def leaf_data(outcome: dict[str, Any]) -> dict[str, Any]:
