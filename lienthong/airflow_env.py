@@ -104,17 +104,21 @@ def _serve_only_the_runners_api_version() -> bool:
     installed beside this Airflow, which speaks the newest version, so only that one is built
     (with the routes kept only for older versions left out, as the newest version leaves them).
     Where the task SDK speaks another version (a mismatched upgrade) or Airflow's bundle has head
-    changes, Airflow's own bundle is kept. Returns whether it was narrowed.
+    changes, Airflow's own bundle is kept, as it is where a Cadwyn or Airflow upgrade moved the
+    names used here (private ones): that costs time, never a run. Returns whether it was narrowed.
     """
-    from cadwyn import HeadVersion, Version, VersionBundle
-    from cadwyn.route_generation import _DELETED_ROUTE_TAG
+    try:
+        from cadwyn import HeadVersion, Version, VersionBundle
+        from cadwyn.route_generation import _DELETED_ROUTE_TAG
 
-    from airflow.api_fastapi.execution_api import versions
-    from airflow.api_fastapi.execution_api.routes import execution_api_router
-    from airflow.sdk.api.datamodels._generated import API_VERSION
+        from airflow.api_fastapi.execution_api import versions
+        from airflow.api_fastapi.execution_api.routes import execution_api_router
+        from airflow.sdk.api.datamodels._generated import API_VERSION
 
-    served = versions.bundle
-    if served.versions[0].value != API_VERSION or served.head_version.changes:
+        served = versions.bundle
+        if served.versions[0].value != API_VERSION or served.head_version.changes:
+            return False
+    except (ImportError, AttributeError):
         return False
     versions.bundle = VersionBundle(HeadVersion(), Version(API_VERSION))
     execution_api_router.routes = [route for route in execution_api_router.routes

@@ -12,7 +12,7 @@ import sys
 from lienthong import airflow_env
 from lienthong.settings import Settings
 
-# Pings the in-process API at the runner's own version and at Airflow 3.0's first one.
+# Pings the in-process API at the runner's own version and at the first one (Airflow 3.0's).
 _PING = """
 import json, httpx
 {before}
@@ -23,8 +23,8 @@ from airflow.sdk.api.datamodels._generated import API_VERSION
 api = InProcessExecutionAPI()
 with httpx.Client(transport=api.transport, base_url="http://in-process.invalid") as client:
     answers = {{version: client.get("/health/ping", headers={{"Airflow-API-Version": version}}).status_code
-               for version in (API_VERSION, "2025-04-28")}}
-print(json.dumps({{"narrowed": narrowed, "current": answers[API_VERSION], "oldest": answers["2025-04-28"],
+               for version in (API_VERSION, "2025-04-11")}}
+print(json.dumps({{"narrowed": narrowed, "current": answers[API_VERSION], "oldest": answers["2025-04-11"],
                   "built": sorted(api.app.router.versioned_routers)}}))
 """
 
