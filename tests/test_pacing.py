@@ -11,8 +11,8 @@ from lienthong.connectors.pacing import LocalSlots, Pacer, SharedSlots, Slots
 
 PER_S = 20
 INTERVAL = 1 / PER_S
-# A sleeper woken a little late makes the next gap a little short: a loaded machine's scheduler.
-LATE = 0.3 * INTERVAL
+# Clock readings a start is compared with may differ by this much (float rounding, clock steps).
+CLOCK = 0.001
 
 
 def starts(pacer: Pacer, calls: int) -> list[float]:
@@ -26,16 +26,19 @@ def starts(pacer: Pacer, calls: int) -> list[float]:
 
 def assert_no_burst_after_a_pause(slots: Slots) -> None:
     """Slots nobody took while the limiter was idle are gone: after a pause the first call goes
-    at once and the next ones are spaced again, not sent together to catch up."""
+    at once and the next ones are spaced again, not sent together to catch up.
+
+    Each call is held to its place in an even timetable from the resumption, not to the gap
+    after the call before: a caller the machine's scheduler wakes late (seen: 25 ms, with the
+    suite on two cores) makes the gap to the next one short without any slot being early."""
     pacer = Pacer(PER_S, slots)
     starts(pacer, 3)
     time.sleep(10 * INTERVAL)
     resumed = slots.clock()
     after = starts(pacer, 5)
     assert after[0] - resumed < INTERVAL, "the first call after a pause waits for no one"
-    gaps = [b - a for a, b in zip(after, after[1:])]
-    assert min(gaps) >= INTERVAL - LATE, gaps
-    assert after[-1] - after[0] >= 4 * INTERVAL - LATE
+    since = [round(start - resumed, 4) for start in after]
+    assert all(start >= n * INTERVAL - CLOCK for n, start in enumerate(since)), since
 
 
 def test_an_idle_local_limiter_does_not_burst_after_a_pause() -> None:
