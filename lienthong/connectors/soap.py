@@ -269,9 +269,10 @@ class BatchCall:
 class _PlainAnswer:
     """Reads a list answer whose items are plain (each a sequence of text-only elements, as the
     WSDL has them, with no attribute or nesting; zeep's parser has dropped comments) without
-    zeep's reader, which cost ~90 µs a citizen. Anything else, well-formed or hostile, is left to zeep, so what is refused
-    and how stays zeep's. Each value goes through its schema type's ``pythonvalue``, and each item
-    becomes the type's own value object: the same answer zeep gives (a test compares).
+    zeep's reader, which cost ~90 µs a citizen. Anything else, well-formed or hostile, is left to
+    zeep, so what is refused and how stays zeep's. Each value goes through its schema type's
+    ``pythonvalue``, and each item becomes the type's own value object: the same answer zeep gives
+    (a test compares).
     """
 
     def __init__(self, operation: Any) -> None:
