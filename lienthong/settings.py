@@ -100,7 +100,7 @@ def _partitions_setting() -> int:
     """``LIENTHONG_PARTITIONS``, held to the bounds a run's own count is held to: a worker whose
     setting is wrong says so at its first task, not by planning 1,000 partitions or none."""
     raw = (os.environ.get("LIENTHONG_PARTITIONS") or "1").strip()
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PARTITIONS:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PARTITIONS:
         raise ValueError(f"LIENTHONG_PARTITIONS is {raw!r}: it must be a whole number from 1 to {MAX_PARTITIONS}")
     return int(raw)
 

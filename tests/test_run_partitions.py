@@ -65,7 +65,7 @@ def test_a_bad_count_is_refused_naming_the_conf_key_and_the_value(value: Any) ->
     assert f"from 1 to {MAX_PARTITIONS}" in str(refused.value)
 
 
-@pytest.mark.parametrize("value", ("0", "-2", str(MAX_PARTITIONS + 1), "two", "2.5", "1e3"))
+@pytest.mark.parametrize("value", ("0", "-2", str(MAX_PARTITIONS + 1), "two", "2.5", "1e3", "2²", "١٢"))
 def test_a_bad_partitions_setting_is_refused_naming_the_variable_and_the_value(
         value: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LIENTHONG_PARTITIONS", value)
