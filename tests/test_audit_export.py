@@ -15,12 +15,12 @@ from lienthong.audit.ledger import ACKNOWLEDGED, Ledger
 from lienthong.signing.canonical import canonical_json
 from tests.audit_runs import outcome, running_tsa, settle, short_lived_platform_seal, three_runs, wait_until
 
-CLEAN_ENV = {"PATH": "/usr/bin:/bin"}
+CLEAN_PATH = "/usr/bin:/bin"
 
 
-def verify_sh(bundle: Path) -> subprocess.CompletedProcess[str]:
+def verify_sh(bundle: Path, path: str = CLEAN_PATH) -> subprocess.CompletedProcess[str]:
     """As an auditor runs it: no project, no venv, a bare PATH, from another directory."""
-    return subprocess.run(["sh", str(bundle / "verify.sh")], capture_output=True, text=True, env=CLEAN_ENV,
+    return subprocess.run(["sh", str(bundle / "verify.sh")], capture_output=True, text=True, env={"PATH": path},
                           cwd="/", timeout=120, check=False)
 
 
@@ -47,6 +47,28 @@ def test_verify_sh_checks_signature_and_merkle_root(bundle: Path) -> None:
     done = verify_sh(bundle)
     assert "ok: signature by subject=C = VN, O = lienthong sandbox, CN = lienthong platform (run ledger)" in done.stdout
     assert "ok: Merkle root" in done.stdout and "over 5 records" in done.stdout, done.stdout + done.stderr
+
+
+# Debian's awk is mawk unless gawk is installed; verify.sh writes hashes' bytes with awk's printf.
+AWKS = [name for name in ("mawk", "gawk") if Path("/usr/bin", name).exists()]
+
+
+@pytest.mark.parametrize("awk", AWKS)
+def test_verify_sh_recomputes_the_root_of_every_shape_of_tree(state_db_url: str, keys: Path, tmp_path: Path,
+                                                              awk: str) -> None:
+    """RFC 6962 splits a tree at the largest power of two below its size, so sizes around powers
+    of two (a lone node carried up one level or several) are where a bottom-up recomputation
+    can go wrong; 0 is the run with nothing new."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "awk").symlink_to(Path("/usr/bin", awk))
+    ledger = Ledger(state_db_url)
+    for size in (0, 1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17):
+        settle(ledger, f"run-{size}", keys, [outcome(f"H40-{i}", ACKNOWLEDGED) for i in range(size)])
+        bundle = report.export(ledger, f"run-{size}", tmp_path / "out", keys_dir=keys)
+        done = verify_sh(bundle, f"{tools}:{CLEAN_PATH}")
+        root = ledger.manifest(f"run-{size}")["merkle_root"]
+        assert f"ok: Merkle root {root} over {size} records" in done.stdout, (size, done.stdout + done.stderr)
 
 
 def test_verify_sh_fails_for_a_changed_record(bundle: Path) -> None:
