@@ -28,4 +28,3 @@ def test_a_stage_runs_with_the_collector_tuned_and_restores_it_even_when_it_fail
         assert gc.get_threshold() == before and gc.get_freeze_count() == 0
     assert [threshold for threshold, _ in seen] == [stages.GC_THRESHOLD] * 2
     assert all(frozen > 0 for _, frozen in seen)  # what existed when the stage started
-

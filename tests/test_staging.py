@@ -33,7 +33,6 @@ def test_parts_are_complete_or_absent_and_read_back_in_order(staged_home: Settin
     assert [(i, len(rows)) for i, rows in stage.read_all()] == [(0, 300), (2, 3)]
 
 
-
 def test_a_part_reads_back_exactly_as_written_whatever_its_values_hold(staged_home: Settings) -> None:
     """A part is read as one JSON array made of its lines: a value holding newlines, commas or
     brackets must not split or join records, and an empty part is an empty list."""
@@ -45,6 +44,7 @@ def test_a_part_reads_back_exactly_as_written_whatever_its_values_hold(staged_ho
     stage.write_part(1, [])
     assert stage.read_part(0) == awkward
     assert stage.read_part(1) == []
+
 
 def test_partition_marks_add_up_to_the_stage_mark_once_all_are_done(staged_home: Settings) -> None:
     staging = RunStaging(staged_home.staging_dir, "r__1")
