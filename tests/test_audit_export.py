@@ -58,12 +58,13 @@ def test_verify_sh_recomputes_the_root_of_every_shape_of_tree(state_db_url: str,
                                                               awk: str) -> None:
     """RFC 6962 splits a tree at the largest power of two below its size, so sizes around powers
     of two (a lone node carried up one level or several) are where a bottom-up recomputation
-    can go wrong; 0 is the run with nothing new."""
+    can go wrong; 0 is the run with nothing new. 2,001 leaves fill verify.sh's batches of 1,000
+    files twice and leave one over; their 1,000 parent pairs fill one exactly, a node left over."""
     tools = tmp_path / "bin"
     tools.mkdir()
     (tools / "awk").symlink_to(Path("/usr/bin", awk))
     ledger = Ledger(state_db_url)
-    for size in (0, 1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17):
+    for size in (0, 1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 2001):
         settle(ledger, f"run-{size}", keys, [outcome(f"H40-{i}", ACKNOWLEDGED) for i in range(size)])
         bundle = report.export(ledger, f"run-{size}", tmp_path / "out", keys_dir=keys)
         done = verify_sh(bundle, f"{tools}:{CLEAN_PATH}")
