@@ -87,6 +87,15 @@ def test_verify_sh_fails_for_a_removed_record(bundle: Path) -> None:
     assert done.returncode == 1 and "records.jsonl line 3 is leaf 3, expected leaf 2" in done.stdout
 
 
+def test_verify_sh_names_a_missing_records_file_once(bundle: Path) -> None:
+    (bundle / "records.jsonl").unlink()
+    done = verify_sh(bundle)
+    assert done.returncode == 1 and "records.jsonl" in done.stderr, done.stdout + done.stderr
+    failures = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
+    assert failures[1:] == [  # after the time stamp's: this bundle was sealed without a TSA
+        "FAIL: Merkle root: the leaves could not be hashed (awk's or openssl's message above)"], failures
+
+
 def test_verify_sh_fails_for_a_changed_manifest(bundle: Path) -> None:
     manifest = bundle / "manifest.json"
     manifest.write_bytes(manifest.read_bytes().replace(b'"pulled":5', b'"pulled":4'))
