@@ -53,14 +53,17 @@ class Sandbox:
     def connections(self) -> dict[str, dict[str, Any]]:
         """The sandbox's systems as Airflow connections. The population database's allows 8 calls
         in flight, half what the sandbox serves at once: at 20 ms a call its answers, not the hub,
-        held verify back with 4 (50,000 citizens in 4.1 s, 2.8 s with 8)."""
+        held verify back with 4 (50,000 citizens in 4.1 s, 2.8 s with 8). The portal's takes 500
+        records a call, what the portal accepts: a 500-record part goes in one call instead of three
+        (on two cores the portal checks it in four even chunks, not 125 and 75 records), and
+        100,000 records were pushed in 8.2–8.5 s instead of 10.6–11.1 s."""
         return {
             connection.DOSSIER_DB: dossier_db_connection(self.settings),
             connection.POPULATION: {"conn_type": "http", "host": HOST, "port": self.ports["population"],
                                     "schema": "http", "extra": {"path": "/population", "concurrency": 8}},
             connection.PORTAL: {"conn_type": "http", "host": HOST, "port": self.ports["portal"], "schema": "http",
                                 "login": PORTAL_USER, "password": portal_password(self.settings),
-                                "extra": {"batch_size": 200}},
+                                "extra": {"batch_size": 500}},
             connection.TSA: self.tsa_connection(),
             **self.dossier_system_connections(),
         }
