@@ -96,6 +96,26 @@ def test_verify_sh_names_a_missing_records_file_once(bundle: Path) -> None:
         "FAIL: Merkle root: the leaves could not be hashed (awk's or openssl's message above)"], failures
 
 
+def test_verify_sh_names_openssl_failing_above_the_leaves(bundle: Path, tmp_path: Path) -> None:
+    """An openssl that dies while hashing a level of the tree (memory, a full /dev/shm) must be
+    named as such, not read as records that give another root."""
+    tools, calls = tmp_path / "bin", tmp_path / "calls"
+    tools.mkdir()
+    (tools / "openssl").write_text(f"""#!/bin/sh
+case " $* " in *" -r 0 "*)  # hashing verify.sh's numbered files: the leaves first, then each level
+    echo x >>"{calls}"
+    if [ "$(wc -l <"{calls}")" -ge 2 ]; then echo "openssl: cannot allocate memory" >&2; exit 1; fi;;
+esac
+exec /usr/bin/openssl "$@"
+""")
+    (tools / "openssl").chmod(0o755)
+    done = verify_sh(bundle, f"{tools}:{CLEAN_PATH}")
+    assert done.returncode == 1 and "openssl: cannot allocate memory" in done.stderr, done.stdout + done.stderr
+    failures = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
+    assert failures[1:] == [  # after the time stamp's: this bundle was sealed without a TSA
+        "FAIL: Merkle root: a level of the tree could not be hashed (awk's or openssl's message above)"], failures
+
+
 def test_verify_sh_fails_for_a_changed_manifest(bundle: Path) -> None:
     manifest = bundle / "manifest.json"
     manifest.write_bytes(manifest.read_bytes().replace(b'"pulled":5', b'"pulled":4'))

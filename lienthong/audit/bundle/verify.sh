@@ -69,12 +69,13 @@ size=${tree#* }
 [ -n "$tree" ] || fail "manifest.json has no RFC6962-SHA256 tree"
 mkdir "$work/h" || exit 1
 # awk: next_file() names the file for the next hash's bytes; flush() appends the hashes of the files
-# named so far, in order, to the file "out", one hex digest a line.
+# named so far, in order, to the file "out", one hex digest a line. openssl writes to a file of its
+# own, not into a pipe whose status would be sed's: awk then exits 1 when openssl fails.
 batch='
 function next_file() { if (count == 1000) flush(); return dir "/" count++ }
 function flush(   i, names) {
     for (i = 0; i < count; i++) names = names " " i
-    if (count && system("cd \"" dir "\" && openssl dgst -sha256 -r" names " | sed \"s/ .*//\" >>\"" out "\""))
+    if (count && system("cd \"" dir "\" && openssl dgst -sha256 -r" names " >digests && sed \"s/ .*//\" digests >>\"" out "\""))
         exit 1
     count = 0
 }'
@@ -123,7 +124,10 @@ else
                 flush()
                 if (NR % 2 == 1) { print left >> out; close(out) }
             }
-        ' "$work/level" || break
+        ' "$work/level" || {
+            echo "Merkle root: a level of the tree could not be hashed (awk's or openssl's message above)" >"$work/bad"
+            break
+        }
         mv "$work/next" "$work/level"
         count=$(((count + 1) / 2))
     done
