@@ -168,8 +168,8 @@ def test_a_re_iterable_settles_as_a_list_does_with_or_without_its_leaves(state_d
     twice = _Outcomes(11)
     ledger.settle("re-iterable", twice, FAILED, None, {}, {})
     once = _Outcomes(11)
-    ledger.settle("with-leaves", once, FAILED, None, {}, {},
-                  leaves=b"".join(outcome_leaf(r) for r in _mixed_outcomes(11)))
+    with _spooled(_mixed_outcomes(11)) as leaves:
+        ledger.settle("with-leaves", once, FAILED, None, {}, {}, leaves=leaves)
     assert (twice.passes, once.passes) == (2, 1)
 
     def stored(run_id: str) -> list[tuple]:
@@ -177,6 +177,14 @@ def test_a_re_iterable_settles_as_a_list_does_with_or_without_its_leaves(state_d
 
     assert stored("list") == stored("re-iterable") == stored("with-leaves")
     assert len({ledger.manifest(run_id)["merkle_root"] for run_id in ("list", "re-iterable", "with-leaves")}) == 1
+
+
+def _spooled(records: list[dict]) -> merkle.LeafSpool:
+    """The leaves a caller that went through ``records`` already hands the settle."""
+    spool = merkle.LeafSpool()
+    for record in records:
+        spool.add(outcome_leaf(record))
+    return spool
 
 
 def test_an_iterator_is_refused_rather_than_found_empty_on_the_second_pass(state_db_url: str) -> None:
@@ -198,9 +206,8 @@ def test_records_that_change_between_the_passes_fail_the_settle_and_leave_the_la
     first = _mixed_outcomes(5)
     second = {"another record": first[:4] + [_outcome("B-9", PENDING)], "one more": _mixed_outcomes(6),
               "one fewer": first[:4]}[change]
-    with pytest.raises(LedgerError, match="changed between the two passes"):
-        ledger.settle("run-1", second, SUCCESS, None, {"pulled": 5}, {},
-                      leaves=b"".join(outcome_leaf(r) for r in first))
+    with pytest.raises(LedgerError, match="changed between the two passes"), _spooled(first) as leaves:
+        ledger.settle("run-1", second, SUCCESS, None, {"pulled": 5}, {}, leaves=leaves)
     assert (ledger.outcomes("run-1"), ledger.manifest("run-1"), ledger.run("run-1")) == before
 
 

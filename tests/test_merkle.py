@@ -65,3 +65,29 @@ def test_every_proof_verifies_and_no_other_leaf_or_place_does(size: int) -> None
         if size > 1:
             assert not merkle.verify_inclusion(leaves[i], (i + 1) % size, size, proof, tree.root)
             assert not merkle.verify_inclusion(leaves[i], i, size, proof[:-1], tree.root)
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 5, 8, 9, 31, 64, 100])
+@pytest.mark.parametrize("block", [2, 4, 6, 1 << 15])
+def test_a_spooled_tree_is_the_tree_in_memory(size: int, block: int) -> None:
+    """Blocks smaller than a level make every level straddle several reads, and odd widths carry
+    a lone hash up across a block's end: the root, every leaf and every path must still agree."""
+    leaves = [merkle.leaf_hash(str(i).encode()) for i in range(size)]
+    in_memory = merkle.Tree(leaves)
+    with merkle.LeafSpool() as spool:
+        for leaf in leaves:
+            spool.add(leaf)
+        spooled = merkle.SpooledTree(spool, block=block)
+        assert (spooled.size, spooled.root) == (in_memory.size, in_memory.root)
+        for i in [*range(size), *reversed(range(size))]:  # in leaf order as a settle reads, and back
+            assert spooled.leaf(i) == leaves[i]
+            assert spooled.proof(i) == in_memory.proof(i)
+
+
+def test_a_spool_takes_only_whole_hashes_and_a_block_only_whole_pairs() -> None:
+    with merkle.LeafSpool() as spool:
+        with pytest.raises(ValueError, match="32 bytes"):
+            spool.add(b"\x00" * 31)
+        spool.add(merkle.leaf_hash(b"a"))
+        with pytest.raises(ValueError, match="even number"):
+            merkle.SpooledTree(spool, block=3)

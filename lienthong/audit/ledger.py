@@ -12,6 +12,7 @@ recomputes all of it from these tables (lienthong.audit.verify).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import itertools
@@ -200,7 +201,7 @@ class Ledger:
     def settle(self, run_id: str, records: Iterable[dict[str, Any]], status: str,
                cursor_after: Cursor | None, counts: dict[str, Any],
                reasons: dict[str, int], *, facts: dict[str, Any] | None = None,
-               seal: manifest.Sealer | None = None, leaves: bytes | bytearray | None = None) -> None:
+               seal: manifest.Sealer | None = None, leaves: merkle.LeafSpool | None = None) -> None:
         """Every record's outcome, the run's close and its manifest in one transaction.
 
         Record ``i`` becomes leaf ``i`` of the run's tree and keeps its audit path. ``facts``
@@ -214,9 +215,10 @@ class Ledger:
         for the leaf hashes the tree is built from, once to store each outcome with its audit
         path, a chunk at a time. Pass a list, or a re-iterable that yields the same outcomes each
         time (a run's, recomputed from its staging); a one-shot iterator is refused, not found
-        empty the second time. ``leaves``, every record's :func:`outcome_leaf` laid end to end,
-        spares the first pass to a caller that has already gone through the records. Either way
-        each stored record is checked against the leaf it gets a proof for, so records that
+        empty the second time. ``leaves``, every record's :func:`outcome_leaf` in order, spares the
+        first pass to a caller that has already gone through the records. The tree is kept in a
+        temporary file (:class:`~lienthong.signing.merkle.SpooledTree`), so its memory does not
+        grow with the run. Each stored record is checked against the leaf it gets a proof for, so records that
         changed between the passes fail the settle instead of sealing proofs that lead nowhere.
         """
         if iter(records) is records:
@@ -224,35 +226,36 @@ class Ledger:
         run = self.run(run_id)
         if run is None:
             raise LedgerError(f"run {run_id} was never started")
-        if leaves is None:
-            leaves = bytearray()  # not b"".join: that lists every hash as an object first
-            for record in records:
-                leaves += outcome_leaf(record)
-        tree = merkle.Tree.from_packed(leaves)
-        settled_at = _now()
-        cursor = cursor_after.model_dump() if cursor_after else None
-        with self.engine.begin() as conn:
-            seq, prev_hash = _place_in_chain(conn, run_id, run["route"])
-            text, digest = manifest.encode(manifest.document(
-                run_id=run_id, route=run["route"], seq=seq, prev_manifest_hash=prev_hash, status=status,
-                settled_at=settled_at, cursor_before=run["cursor_before"], cursor_after=cursor,
-                counts=counts, quarantine_reasons=reasons, tree_size=tree.size, merkle_root=tree.root.hex(),
-                facts=facts or {}))
-            sealed = seal(text.encode("utf-8")) if seal else None
-            conn.execute(outcomes.delete().where(outcomes.c.run_id == run_id))
-            rows = _leaf_rows(run_id, run["route"], records, tree)
-            while chunk := list(itertools.islice(rows, INSERT_CHUNK)):
-                conn.execute(insert(outcomes), _signatures_stored_apart(conn, chunk))
-            conn.execute(update(runs).where(runs.c.run_id == run_id).values(
-                finished_at=settled_at, status=status, cursor_after=cursor,
-                counts=counts, quarantine_reasons=reasons,
-            ))
-            conn.execute(run_manifests.delete().where(run_manifests.c.run_id == run_id))
-            conn.execute(insert(run_manifests).values(
-                run_id=run_id, route=run["route"], seq=seq, manifest=text, manifest_hash=digest,
-                prev_hash=prev_hash, signature=sealed.signature if sealed else None,
-                timestamp=sealed.timestamp if sealed else None, created_at=settled_at,
-            ))
+        with contextlib.ExitStack() as spools:
+            if leaves is None:
+                leaves = spools.enter_context(merkle.LeafSpool())
+                for record in records:
+                    leaves.add(outcome_leaf(record))
+            tree = leaves.tree()
+            settled_at = _now()
+            cursor = cursor_after.model_dump() if cursor_after else None
+            with self.engine.begin() as conn:
+                seq, prev_hash = _place_in_chain(conn, run_id, run["route"])
+                text, digest = manifest.encode(manifest.document(
+                    run_id=run_id, route=run["route"], seq=seq, prev_manifest_hash=prev_hash, status=status,
+                    settled_at=settled_at, cursor_before=run["cursor_before"], cursor_after=cursor,
+                    counts=counts, quarantine_reasons=reasons, tree_size=tree.size, merkle_root=tree.root.hex(),
+                    facts=facts or {}))
+                sealed = seal(text.encode("utf-8")) if seal else None
+                conn.execute(outcomes.delete().where(outcomes.c.run_id == run_id))
+                rows = _leaf_rows(run_id, run["route"], records, tree)
+                while chunk := list(itertools.islice(rows, INSERT_CHUNK)):
+                    conn.execute(insert(outcomes), _signatures_stored_apart(conn, chunk))
+                conn.execute(update(runs).where(runs.c.run_id == run_id).values(
+                    finished_at=settled_at, status=status, cursor_after=cursor,
+                    counts=counts, quarantine_reasons=reasons,
+                ))
+                conn.execute(run_manifests.delete().where(run_manifests.c.run_id == run_id))
+                conn.execute(insert(run_manifests).values(
+                    run_id=run_id, route=run["route"], seq=seq, manifest=text, manifest_hash=digest,
+                    prev_hash=prev_hash, signature=sealed.signature if sealed else None,
+                    timestamp=sealed.timestamp if sealed else None, created_at=settled_at,
+                ))
 
     def outcomes(self, run_id: str) -> list[dict[str, Any]]:
         return list(self.each_outcome(run_id))

@@ -186,7 +186,7 @@ def _check_records(rows: Iterable[dict[str, Any]], doc: dict[str, Any], problem:
     for i in missing:
         around = [keys[j] for j in (i - 1, i + 1) if 0 <= j < size and keys[j] is not None]
         problem(RECORD_REMOVED, f"leaf {i} of {size} is missing" + (f" (next to {', '.join(around)})" if around else ""))
-    if not missing and merkle.Tree.from_packed(leaves).root != root:
+    if not missing and merkle.Tree([leaves]).root != root:
         problem(ROOT_MISMATCH, "the records recomputed do not give the signed Merkle root")
     _check_counts(tally, doc.get("counts") or {}, problem)
     return tally["pulled"]

@@ -28,6 +28,7 @@ from lienthong.routes.route import Route, get_route
 from lienthong.settings import MAX_PARTITIONS, PARTITIONS_CONF_KEY, settings
 from lienthong.signing.canonical import content_hash
 from lienthong.signing.jws import signer_thumbprint
+from lienthong.signing.merkle import LeafSpool
 from lienthong.signing.records import SIGNATURE, VERSION, seal_batch
 from lienthong.staging import STAGES, RunStaging, StageDir, purge_route
 
@@ -411,21 +412,21 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
     counts = dict.fromkeys(("pulled", "quarantined", "pushed", "acknowledged", "already_acknowledged",
                             "duplicates", "rejected", "pending"), 0)
     reasons: dict[str, int] = {}
-    leaves = bytearray()  # what stays of each outcome until the settle: its 32-byte leaf hash
-    for row, outcome in outcomes.computed():
-        leaves += outcome_leaf(outcome)
-        counts["pulled"] += 1
-        _count(counts, reasons, outcome)
-        if outcome["outcome"] == PENDING:
-            stuck = True
-        elif not stuck:
-            last_settled = Cursor.model_validate(row["cursor"])
-    done = {name: staging.stage(name) for name in STAGES if staging.stage(name).done}
-    counts["stages"] = {name: stage.counts() for name, stage in done.items()}
-    complete = len(done) == len(STAGES)
-    status = SUCCESS if complete and counts["pending"] == 0 else FAILED
-    ledger.settle(run_id, outcomes.staged, status, last_settled, counts, reasons,
-                  facts=route_facts(route), seal=platform_sealer(settings().keys_dir), leaves=leaves)
+    with LeafSpool() as leaves:  # what stays of each outcome until the settle: its 32-byte leaf hash
+        for row, outcome in outcomes.computed():
+            leaves.add(outcome_leaf(outcome))
+            counts["pulled"] += 1
+            _count(counts, reasons, outcome)
+            if outcome["outcome"] == PENDING:
+                stuck = True
+            elif not stuck:
+                last_settled = Cursor.model_validate(row["cursor"])
+        done = {name: staging.stage(name) for name in STAGES if staging.stage(name).done}
+        counts["stages"] = {name: stage.counts() for name, stage in done.items()}
+        complete = len(done) == len(STAGES)
+        status = SUCCESS if complete and counts["pending"] == 0 else FAILED
+        ledger.settle(run_id, outcomes.staged, status, last_settled, counts, reasons,
+                      facts=route_facts(route), seal=platform_sealer(settings().keys_dir), leaves=leaves)
     log.info("run %s settled: %s", run_id, counts)
     if status == SUCCESS:
         purge_route(settings().staging_dir, route.name)
