@@ -412,7 +412,7 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
     counts = dict.fromkeys(("pulled", "quarantined", "pushed", "acknowledged", "already_acknowledged",
                             "duplicates", "rejected", "pending"), 0)
     reasons: dict[str, int] = {}
-    with LeafSpool() as leaves:  # what stays of each outcome until the settle: its 32-byte leaf hash
+    with LeafSpool() as leaves:  # what stays of each outcome until the settle: its leaf hash, on disk
         for row, outcome in outcomes.computed():
             leaves.add(outcome_leaf(outcome))
             counts["pulled"] += 1
