@@ -218,8 +218,9 @@ class Ledger:
         empty the second time. ``leaves``, every record's :func:`outcome_leaf` in order, spares the
         first pass to a caller that has already gone through the records. The tree is kept in a
         temporary file (:class:`~lienthong.signing.merkle.SpooledTree`), so its memory does not
-        grow with the run. Each stored record is checked against the leaf it gets a proof for, so records that
-        changed between the passes fail the settle instead of sealing proofs that lead nowhere.
+        grow with the run. Each stored record is checked against the leaf it gets a proof for, so
+        records that changed between the passes fail the settle instead of sealing proofs that lead
+        nowhere.
         """
         if iter(records) is records:
             raise TypeError("settle goes through the records twice: pass a list or a re-iterable, not an iterator")
