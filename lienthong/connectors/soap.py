@@ -12,7 +12,6 @@ import datetime as dt
 import hashlib
 import threading
 import unicodedata
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from zeep.transports import Transport
 from lienthong.connectors.answers import MAX_ANSWER_BYTES, BadAnswer, read_body
 from lienthong.connectors.connection import POPULATION, base_url, get_connection
 from lienthong.connectors.pacing import Pacer, SharedSlots, Slots
+from lienthong.connectors.remembered import Remembered
 from lienthong.logs import get_logger
 from lienthong.settings import settings
 
@@ -55,7 +55,7 @@ class Subject:
     gender: Literal["M", "F"] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Verification:
     """The answer for one subject; ``detail`` never carries personal data (it reaches reports)."""
 
@@ -66,7 +66,7 @@ class Verification:
 
 @dataclass(frozen=True)
 class _Query:
-    key: str
+    key: bytes
     personal_id: str
     full_name: str
     date_of_birth: dt.date
@@ -90,7 +90,7 @@ def _prepare(subject: Subject) -> _Query | Verification:
         return Verification("invalid", detail="date_of_birth is not an ISO date")
     if gender not in ("M", "F"):
         return Verification("invalid", detail="gender is not M or F")
-    key = hashlib.sha256("\x1f".join((personal_id, full_name, born.isoformat(), gender)).encode()).hexdigest()
+    key = hashlib.sha256("\x1f".join((personal_id, full_name, born.isoformat(), gender)).encode()).digest()
     return _Query(key, personal_id, full_name, born, gender)
 
 
@@ -385,9 +385,7 @@ class PopulationVerifier:
         self._call: BatchCall | None = None
         self._call_lock = threading.Lock()
         self._calls = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="population")
-        self._cache: OrderedDict[str, Verification] = OrderedDict()
-        self._cache_size = cache_size
-        self._cache_lock = threading.Lock()
+        self._remembered: Remembered[Verification] = Remembered(cache_size)
 
     @classmethod
     def from_connection(cls, conn_id: str = POPULATION) -> "PopulationVerifier":
@@ -412,13 +410,13 @@ class PopulationVerifier:
     def verify(self, subjects: Sequence[Subject]) -> list[Verification]:
         """One answer per subject, in order; never raises for the service's failures."""
         results: list[Verification | None] = [None] * len(subjects)
-        queries: dict[str, _Query] = {}
-        positions: dict[str, list[int]] = {}
+        queries: dict[bytes, _Query] = {}
+        positions: dict[bytes, list[int]] = {}
         for position, subject in enumerate(subjects):
             prepared = _prepare(subject)
             if isinstance(prepared, Verification):
                 results[position] = prepared
-            elif (cached := self._cached(prepared.key)) is not None:
+            elif (cached := self._remembered.get(prepared.key)) is not None:
                 results[position] = cached
             else:
                 queries.setdefault(prepared.key, prepared)
@@ -427,7 +425,7 @@ class PopulationVerifier:
         batches = [unique[i:i + self.batch_size] for i in range(0, len(unique), self.batch_size)]
         for key, answer in self._run(batches).items():
             if answer.status != "unavailable":
-                self._remember(key, answer)
+                self._remembered.put(key, answer)
             for position in positions[key]:
                 results[position] = answer
         final = [r for r in results if r is not None]
@@ -442,7 +440,7 @@ class PopulationVerifier:
         self._calls.shutdown(cancel_futures=True)
         self._session.close()
 
-    def _run(self, batches: list[list[_Query]]) -> dict[str, Verification]:
+    def _run(self, batches: list[list[_Query]]) -> dict[bytes, Verification]:
         if not batches:
             return {}
         try:
@@ -451,12 +449,12 @@ class PopulationVerifier:
             log.warning("population database unreachable, %d batches unavailable: %s", len(batches), _describe(exc))
             down = Verification("unavailable", detail=f"service description could not be loaded: {_describe(exc)}")
             return {q.key: down for batch in batches for q in batch}
-        answers: dict[str, Verification] = {}
+        answers: dict[bytes, Verification] = {}
         for batch_answers in self._calls.map(lambda b: self._verify_batch(call, b), batches):
             answers.update(batch_answers)
         return answers
 
-    def _verify_batch(self, call: BatchCall, batch: list[_Query]) -> dict[str, Verification]:
+    def _verify_batch(self, call: BatchCall, batch: list[_Query]) -> dict[bytes, Verification]:
         request = [{"MaYeuCau": str(i), "SoDinhDanh": q.personal_id, "HoVaTen": q.full_name,
                     "NgaySinh": q.date_of_birth, "GioiTinh": q.gender} for i, q in enumerate(batch)]
         try:
@@ -491,17 +489,3 @@ class PopulationVerifier:
 
     def _load(self) -> zeep.Client:
         return safe_client(self.wsdl_url, self._session, self.timeout, self.max_answer_bytes)
-
-    def _cached(self, key: str) -> Verification | None:
-        with self._cache_lock:
-            answer = self._cache.get(key)
-            if answer is not None:
-                self._cache.move_to_end(key)
-            return answer
-
-    def _remember(self, key: str, answer: Verification) -> None:
-        """Bounded (least recently used goes first): a backfill sees millions of applicants."""
-        with self._cache_lock:
-            self._cache[key] = answer
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
