@@ -449,9 +449,11 @@ def test_from_connection_reads_the_airflow_connection(shared: tuple[ServerThread
     monkeypatch.setenv("LIENTHONG_STATE_DB", f"sqlite:///{tmp_path / 'state.db'}")  # the rate limit's slots
     monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_POPULATION", json.dumps({
         "conn_type": "http", "host": "127.0.0.1", "port": server.port, "schema": "http",
-        "extra": {"path": "/population", "concurrency": 3, "batch_size": 40, "timeout": 5, "rate_limit": 50}}))
+        "extra": {"path": "/population", "concurrency": 3, "batch_size": 40, "timeout": 5, "rate_limit": 50,
+                  "cache_size": 1000}}))
     v = PopulationVerifier.from_connection()
     assert (v.wsdl_url, v.concurrency, v.batch_size, v.timeout) == (wsdl(server), 3, 40, 5.0)
+    assert v.remembered.size == 1000
     assert v.pacer.interval == 1 / 50
     assert (v.pacer.slots.name, v.pacer.slots.url) == ("lienthong_population", f"sqlite:///{tmp_path / 'state.db'}")
     assert v.check() == ["XacThucCongDan", "XacThucDanhSachCongDan"]

@@ -385,19 +385,20 @@ class PopulationVerifier:
         self._call: BatchCall | None = None
         self._call_lock = threading.Lock()
         self._calls = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="population")
-        self._remembered: Remembered[Verification] = Remembered(cache_size)
+        self.remembered: Remembered[Verification] = Remembered(cache_size)
 
     @classmethod
     def from_connection(cls, conn_id: str = POPULATION) -> "PopulationVerifier":
         """``extra`` may set path (default ``/population``), concurrency, batch_size, timeout, max_attempts,
-        max_answer_bytes, rate_limit (calls a second, retries included; default none). The rate limit is
-        the agency's quota, kept by the whole deployment: every client of ``conn_id`` takes its
-        calls' slots from one timetable in the state database."""
+        max_answer_bytes, cache_size (answers remembered, ~140 bytes each; default 200,000), rate_limit
+        (calls a second, retries included; default none). The rate limit is the agency's quota, kept
+        by the whole deployment: every client of ``conn_id`` takes its calls' slots from one
+        timetable in the state database."""
         conn = get_connection(conn_id)
         extra = conn.extra_dejson
         options = {name: kind(extra[name]) for name, kind in (
             ("concurrency", int), ("batch_size", int), ("timeout", float), ("max_attempts", int),
-            ("max_answer_bytes", int), ("rate_limit", float)) if name in extra}
+            ("max_answer_bytes", int), ("cache_size", int), ("rate_limit", float)) if name in extra}
         return cls(f"{base_url(conn)}{extra.get('path', '/population')}?wsdl", **options,
                    slots=SharedSlots(settings().state_db_url, conn_id))
 
@@ -416,7 +417,7 @@ class PopulationVerifier:
             prepared = _prepare(subject)
             if isinstance(prepared, Verification):
                 results[position] = prepared
-            elif (cached := self._remembered.get(prepared.key)) is not None:
+            elif (cached := self.remembered.get(prepared.key)) is not None:
                 results[position] = cached
             else:
                 queries.setdefault(prepared.key, prepared)
@@ -425,7 +426,7 @@ class PopulationVerifier:
         batches = [unique[i:i + self.batch_size] for i in range(0, len(unique), self.batch_size)]
         for key, answer in self._run(batches).items():
             if answer.status != "unavailable":
-                self._remembered.put(key, answer)
+                self.remembered.put(key, answer)
             for position in positions[key]:
                 results[position] = answer
         final = [r for r in results if r is not None]
