@@ -72,7 +72,8 @@ def test_acknowledged_versions_are_what_must_never_be_sent_again(state_db_url: s
 
 def test_asking_for_acknowledged_versions_leaves_no_cyclic_garbage(state_db_url: str) -> None:
     """Push asks once a part: garbage in cycles would keep each part's keys until a full
-    collection, which a long push rarely sees (the hub's peak grew ~100 MB at a million records)."""
+    collection, which a long push rarely sees (at a million records, push raised the hub's peak
+    by 102 MB with such garbage, by 31 MB without)."""
     ledger = Ledger(state_db_url)
     keys = [f"K-{i}" for i in range(700)]
     ledger.acknowledged_versions("r", keys)  # connections pooled, statement compiled
