@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from typing import Any
-
 
 from lienthong.gates import gate
 from lienthong.gates.personal_id import make_personal_id
@@ -79,3 +81,35 @@ def test_a_batch_missing_a_whole_optional_column_still_runs() -> None:
 
 def test_empty_batch() -> None:
     assert gate.evaluate([], SUITE) == []
+
+
+# In a fresh interpreter, since this one may have imported the deferred modules already: our gate
+# runs without them, and a suite naming an expectation that needs one still gets the real module.
+_WITHOUT_UNUSED_MODULES = """
+import json, sys
+import pandas as pd
+from lienthong.gates import gate
+
+verdicts = gate.evaluate({records}, {suite!r})
+loaded = {{name: type(sys.modules[name]).__name__ for name in ("scipy.stats", "altair")}}
+import great_expectations as gx
+batch = (gx.get_context(mode="ephemeral").data_sources.add_pandas("p").add_dataframe_asset("a")
+         .add_batch_definition_whole_dataframe("b")
+         .get_batch(batch_parameters={{"dataframe": pd.DataFrame({{"x": [0.5] * 50 + [1.5] * 50}})}}))
+kl = [batch.validate(gx.expectations.ExpectColumnKLDivergenceToBeLessThan(
+          column="x", partition_object={{"bins": [0, 1, 2], "weights": weights}}, threshold=0.1)).success
+      for weights in ([0.5, 0.5], [0.9, 0.1])]
+print(json.dumps({{"verdicts": [v.status for v in verdicts], "loaded": loaded, "kl": kl,
+                  "then": type(sys.modules["scipy.stats"]).__name__}}))
+"""
+
+
+def test_the_gate_runs_without_the_modules_great_expectations_imports_for_other_expectations() -> None:
+    records = [_record(1), _record(2, MaTTHC=None)]
+    child = subprocess.run([sys.executable, "-c", _WITHOUT_UNUSED_MODULES.format(records=records, suite=SUITE)],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr[-2000:]
+    seen = json.loads(child.stdout.splitlines()[-1])
+    assert seen["verdicts"] == ["pass", "quarantine"]
+    assert seen["loaded"] == {"scipy.stats": "_Deferred", "altair": "_Deferred"}
+    assert seen["kl"] == [True, False] and seen["then"] == "module"

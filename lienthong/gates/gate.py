@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from lienthong import schemas
-from lienthong.gates import personal_id
+from lienthong.gates import deferred_imports, personal_id
 
 PASS, QUARANTINE, PENDING = "pass", "quarantine", "pending"
 # What the population database says, as the reason a record is held back.
@@ -37,7 +37,8 @@ class SuiteGate:
 
     def __init__(self, suite_file: str) -> None:
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-        import great_expectations as gx  # 5 s to import: only ever inside a task
+        deferred_imports.defer()
+        import great_expectations as gx  # 4 s to import: only ever inside a task
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         context = gx.get_context(mode="ephemeral")
