@@ -39,9 +39,9 @@ class _Deferred(types.ModuleType):
         return getattr(importlib.import_module(self.__name__), attribute)
 
 
-def defer(names: tuple[str, ...] = UNUSED_BY_OUR_SUITES) -> None:
+def defer() -> None:
     """Put a stand-in for each module not imported yet; call before importing great-expectations."""
-    for name in names:
+    for name in UNUSED_BY_OUR_SUITES:
         if name in sys.modules:
             continue
         spec = importlib.util.find_spec(name)  # imports a submodule's package (scipy's: 1 MB)
