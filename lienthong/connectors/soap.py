@@ -390,10 +390,10 @@ class PopulationVerifier:
     @classmethod
     def from_connection(cls, conn_id: str = POPULATION) -> "PopulationVerifier":
         """``extra`` may set path (default ``/population``), concurrency, batch_size, timeout, max_attempts,
-        max_answer_bytes, cache_size (answers remembered, ~140 bytes each; default 200,000), rate_limit
-        (calls a second, retries included; default none). The rate limit is the agency's quota, kept
-        by the whole deployment: every client of ``conn_id`` takes its calls' slots from one
-        timetable in the state database."""
+        max_answer_bytes, cache_size (at most this many answers remembered, ~140 bytes each; default
+        200,000), rate_limit (calls a second, retries included; default none). The rate limit is the
+        agency's quota, kept by the whole deployment: every client of ``conn_id`` takes its calls'
+        slots from one timetable in the state database."""
         conn = get_connection(conn_id)
         extra = conn.extra_dejson
         options = {name: kind(extra[name]) for name, kind in (
