@@ -1,4 +1,5 @@
-"""The population verifier's memory of answers: bounded, least recently used first, and small."""
+"""The population verifier's memory of answers: bounded, the least recently used dropped first
+(half the bound at a time), and small."""
 
 from __future__ import annotations
 
