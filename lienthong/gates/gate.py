@@ -40,6 +40,12 @@ class SuiteGate:
         deferred_imports.defer()
         import great_expectations as gx  # 4 s to import: only ever inside a task
         from great_expectations.data_context.types.base import ProgressBarsConfig
+        from great_expectations.execution_engine import pandas_execution_engine
+
+        # A batch's fingerprint, a hash of every cell, only labels a batch that nothing looks up
+        # again here, and cost a tenth of each validation: great-expectations skips it above this
+        # size, so no frame is below it.
+        pandas_execution_engine.HASH_THRESHOLD = 0
 
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -57,10 +63,9 @@ class SuiteGate:
     def failures(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:
         """Per row (by position), the reasons the suite gives.
 
-        Only the columns the suite names are handed over: great-expectations fingerprints the
-        whole DataFrame (pickling it when a column holds lists, like the attachments) and copies
-        every column each time it filters rows for an expectation, so a column no expectation
-        reads only costs time. A column the suite names but the records lack is added, empty.
+        Only the columns the suite names are handed over: great-expectations copies every column
+        each time it filters rows for an expectation, so a column no expectation reads only costs
+        time. A column the suite names but the records lack is added, empty.
         """
         frame = frame.reindex(columns=self.columns).reset_index(drop=True)
         batch = self._batches.get_batch(batch_parameters={"dataframe": frame})
