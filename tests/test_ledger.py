@@ -146,6 +146,17 @@ def test_settled_outcomes_leaves_proofs_and_root_match_an_independent_computatio
         assert merkle.verify_inclusion(leaves[i], i, size, [bytes.fromhex(p) for p in row["proof"]], root)
 
 
+def test_a_time_hashed_into_a_leaf_has_one_text_whatever_form_it_came_in() -> None:
+    """Settled leaves commit to this text: a change of form would fail every ledger's verify."""
+    hanoi = dt.timezone(dt.timedelta(hours=7))
+    text = "2026-11-30T18:02:03.000456Z"
+    assert manifest.utc_text(dt.datetime(2026, 12, 1, 1, 2, 3, 456, tzinfo=hanoi)) == text
+    assert manifest.utc_text(dt.datetime(2026, 11, 30, 18, 2, 3, 456)) == text  # SQLite's: no zone, UTC
+    assert manifest.utc_text("2026-12-01T01:02:03.000456+07:00") == text
+    assert manifest.utc_text(dt.datetime(2026, 11, 30, 18, 2, 3, tzinfo=dt.timezone.utc)) == "2026-11-30T18:02:03.000000Z"
+    assert manifest.utc_text(None) is None
+
+
 def test_a_batch_signature_is_stored_once_and_read_back_with_every_record(
         state_db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ledger_module, "INSERT_CHUNK", 3)  # a batch spans chunks

@@ -408,7 +408,7 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
         raise RunIncomplete(f"run {run_id} never started: extract did not run")
     outcomes = _RunOutcomes(route, staging)
     stuck = False  # a pending record was met: the cursor moves no further
-    last_settled = Cursor.model_validate(run["cursor_before"]) if run["cursor_before"] else None
+    settled_cursor = run["cursor_before"]  # as staged; read into a Cursor once, the last one
     counts = dict.fromkeys(("pulled", "quarantined", "pushed", "acknowledged", "already_acknowledged",
                             "duplicates", "rejected", "pending"), 0)
     reasons: dict[str, int] = {}
@@ -420,11 +420,12 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
             if outcome["outcome"] == PENDING:
                 stuck = True
             elif not stuck:
-                last_settled = Cursor.model_validate(row["cursor"])
+                settled_cursor = row["cursor"]
         done = {name: staging.stage(name) for name in STAGES if staging.stage(name).done}
         counts["stages"] = {name: stage.counts() for name, stage in done.items()}
         complete = len(done) == len(STAGES)
         status = SUCCESS if complete and counts["pending"] == 0 else FAILED
+        last_settled = Cursor.model_validate(settled_cursor) if settled_cursor else None
         ledger.settle(run_id, outcomes.staged, status, last_settled, counts, reasons,
                       facts=route_facts(route), seal=platform_sealer(settings().keys_dir), leaves=leaves)
     log.info("run %s settled: %s", run_id, counts)
