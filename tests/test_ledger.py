@@ -153,7 +153,8 @@ def test_a_time_hashed_into_a_leaf_has_one_text_whatever_form_it_came_in() -> No
     assert manifest.utc_text(dt.datetime(2026, 12, 1, 1, 2, 3, 456, tzinfo=hanoi)) == text
     assert manifest.utc_text(dt.datetime(2026, 11, 30, 18, 2, 3, 456)) == text  # SQLite's: no zone, UTC
     assert manifest.utc_text("2026-12-01T01:02:03.000456+07:00") == text
-    assert manifest.utc_text(dt.datetime(2026, 11, 30, 18, 2, 3, tzinfo=dt.timezone.utc)) == "2026-11-30T18:02:03.000000Z"
+    on_the_second = dt.datetime(2026, 11, 30, 18, 2, 3, tzinfo=dt.timezone.utc)
+    assert manifest.utc_text(on_the_second) == "2026-11-30T18:02:03.000000Z"
     assert manifest.utc_text(None) is None
 
 
