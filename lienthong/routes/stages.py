@@ -408,7 +408,7 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
         raise RunIncomplete(f"run {run_id} never started: extract did not run")
     outcomes = _RunOutcomes(route, staging)
     stuck = False  # a pending record was met: the cursor moves no further
-    settled_cursor = run["cursor_before"]  # as staged; read into a Cursor once, the last one
+    settled_cursor = run["cursor_before"]  # a dict, as ledger and staging keep it; a Cursor at the end
     counts = dict.fromkeys(("pulled", "quarantined", "pushed", "acknowledged", "already_acknowledged",
                             "duplicates", "rejected", "pending"), 0)
     reasons: dict[str, int] = {}
