@@ -11,6 +11,7 @@ import string
 from typing import Any
 
 import orjson
+import pytest
 import rfc8785
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -137,3 +138,20 @@ def test_the_canonical_encoder_writes_the_reference_rfc8785_bytes_or_its_error(v
     except rfc8785.CanonicalizationError as exc:
         got = type(exc)
     assert got == expected
+
+
+@pytest.mark.parametrize("depth", [253, 254, 255, 400])
+def test_the_canonical_encoder_writes_the_reference_bytes_however_deep_the_nesting(depth: int) -> None:
+    """Around orjson's limit of 254 arrays one inside another, and beyond it, where the reference
+    encoder takes over."""
+    value: Any = {"a": "b"}
+    for _ in range(depth):
+        value = [value, 1]
+    assert canonical_json(value) == rfc8785.dumps(value)
+
+
+def test_a_value_that_contains_itself_is_refused_not_walked_forever() -> None:
+    looped: list[Any] = ["a"]
+    looped.append({"again": looped})
+    with pytest.raises(RecursionError):
+        canonical_json(looped)
