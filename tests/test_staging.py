@@ -9,6 +9,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from lienthong import staging
 from lienthong.settings import Settings
 from lienthong.staging import RunStaging, latest_run, purge_route
 
@@ -62,6 +63,24 @@ def test_partition_marks_add_up_to_the_stage_mark_once_all_are_done(staged_home:
     verify.mark_partition_done(0, 2, {"records": 6, "failed": 1})
     assert verify.done and verify.counts() == {"records": 10, "failed": 1}
     assert verify.progress() == verify.counts()
+
+
+def test_progress_is_written_at_most_once_an_interval_and_a_done_partition_counts_its_mark(
+        staged_home: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Progress is reported after every part but written at most every PROGRESS_EVERY_S per
+    partition (a request each in a bucket); what is shown stays right once a partition is done."""
+    verify = RunStaging(staged_home.staging_dir, "r__1").stage("verify")
+    monkeypatch.setattr(staging, "PROGRESS_EVERY_S", 3600.0)
+    verify.report_progress({"records": 500}, partition=0)
+    verify.report_progress({"records": 1000}, partition=0)  # within the interval: not written
+    assert verify.progress() == {"records": 500}
+    verify.report_progress({"records": 7}, partition=1)  # each partition has its own interval
+    assert verify.progress() == {"records": 507}
+    verify.mark_partition_done(0, 2, {"records": 1500})
+    assert verify.progress() == {"records": 1507}  # the done partition's mark, not its last progress
+    monkeypatch.setattr(staging, "PROGRESS_EVERY_S", 0.0)
+    verify.report_progress({"records": 9}, partition=1)
+    assert verify.progress() == {"records": 1509}
 
 
 def test_the_heartbeat_moves_with_writes_and_purge_takes_only_the_route(staged_home: Settings) -> None:
