@@ -200,8 +200,8 @@ class StageDir:
         every :data:`PROGRESS_EVERY_S` per partition. In a bucket each write is a PUT: written after
         every part, it was one more request a part in every stage, which the stage's loop waits
         for (12,000 at a million records). A partition's last counts are in its done mark."""
-        now = time.monotonic()
-        if now - self._progress_written.get(partition, -PROGRESS_EVERY_S) < PROGRESS_EVERY_S:
+        now, last = time.monotonic(), self._progress_written.get(partition)
+        if last is not None and now - last < PROGRESS_EVERY_S:
             return
         self._progress_written[partition] = now
         self.folder.write(f"_progress.p{partition:05d}.json", orjson.dumps(counts))
