@@ -44,21 +44,21 @@ def _plain(value: Any) -> bool:
     level = [value]
     for _ in range(_ORJSON_DEPTH):
         inside: list[Any] = []
-        for value in level:
-            kind = type(value)
-            if kind is str or kind is bool or value is None:
+        for item in level:
+            kind = type(item)
+            if kind is str or kind is bool or item is None:
                 continue
             if kind is int:
-                if -_INT_LIMIT <= value <= _INT_LIMIT:
+                if -_INT_LIMIT <= item <= _INT_LIMIT:
                     continue
                 return False
             if kind is dict:
-                for key in value:
+                for key in item:
                     if type(key) is not str or not key.isascii():
                         return False
-                inside.extend(value.values())
+                inside.extend(item.values())
             elif kind is list:
-                inside.extend(value)
+                inside.extend(item)
             else:
                 return False
         if not inside:
