@@ -210,8 +210,9 @@ class StageDir:
         """The counts so far: a done partition's from its mark, any other's from its last progress."""
         if self.done:
             return self.counts()
-        latest = {name[len("_progress."):]: name for name in self.folder.names("_progress.p", ".json")}
-        latest.update({name[len("_done."):]: name for name in self.folder.names("_done.p", ".json")})
+        marks = self.folder.names("_", ".json")  # one listing (a request in a bucket) for both kinds
+        latest = {name[len("_progress."):]: name for name in marks if name.startswith("_progress.p")}
+        latest.update({name[len("_done."):]: name for name in marks if name.startswith("_done.p")})
         found = []
         for name in latest.values():
             try:
