@@ -9,7 +9,6 @@ because the population database was unavailable is pending, for the next run.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Sequence
 
@@ -17,19 +16,12 @@ import pandas as pd
 
 from lienthong import schemas
 from lienthong.gates import deferred_imports, personal_id
-
-PASS, QUARANTINE, PENDING = "pass", "quarantine", "pending"
+from lienthong.gates.verdicts import PASS, PENDING, QUARANTINE, Verdict
 # What the population database says, as the reason a record is held back.
 _SUBJECT_FIELD = {"full_name": "ChuHoSo", "date_of_birth": "MaDoiTuong", "gender": "MaDoiTuong"}
 # Every failing row's index (COMPLETE), but not the query that would select those rows again:
 # building it filters the whole DataFrame once more per expectation, a third of the row filtering.
 _INDICES_ONLY = {"result_format": "COMPLETE", "return_unexpected_index_query": False}
-
-
-@dataclass
-class Verdict:
-    status: str
-    reasons: list[dict[str, str]] = field(default_factory=list)
 
 
 class SuiteGate:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Mapping, ParamSpec, TypeVar
 from lienthong.audit.ledger import (ACKNOWLEDGED, FAILED, PENDING, QUARANTINED, SUCCESS, Ledger, outcome_leaf)
 from lienthong.audit.manifest import platform_sealer, route_facts
 from lienthong.connectors.streams import Cursor
-from lienthong.gates import gate
+from lienthong.gates import verdicts
 from lienthong.logs import get_logger
 from lienthong.mappings.engine import MappingEngine
 from lienthong.routes.route import Route, get_route
@@ -266,6 +266,8 @@ def gate_records(route_name: str, run_id: str, partition: int | None = None) -> 
     gate validates exactly the groups it validated before, and a batch-wide rule (unique codes)
     sees the same batch.
     """
+    from lienthong.gates import gate
+
     route = get_route(route_name)
     staging = _staging(run_id)
     mapped, stage = staging.stage("map"), staging.stage("gate")
@@ -281,11 +283,11 @@ def gate_records(route_name: str, run_id: str, partition: int | None = None) -> 
                 position = parts.index(index) // GATE_GROUP_PARTS * GATE_GROUP_PARTS
                 group = parts[position : position + GATE_GROUP_PARTS]
                 records = [mapped.read_part(i) for i in group]
-                verdicts = iter(gate.evaluate([r for part in records for r in part], route.suite_file))
+                given = iter(gate.evaluate([r for part in records for r in part], route.suite_file))
                 judged.clear()
                 for i, part in zip(group, records):
                     judged[i] = [{"status": v.status, "reasons": v.reasons}
-                                 for v in itertools.islice(verdicts, len(part))]
+                                 for v in itertools.islice(given, len(part))]
             return judged[index]
 
         return _judge_parts(stage, parts, judge, report)
@@ -307,7 +309,7 @@ def sign(route_name: str, run_id: str, partition: int | None = None) -> dict[str
         signer = load_signer(settings().keys_dir, route.signing_key)
 
         def seal_part(index: int) -> list[dict[str, Any] | None]:
-            passed = [m["payload"] if v["status"] == gate.PASS else None
+            passed = [m["payload"] if v["status"] == verdicts.PASS else None
                       for m, v in zip(mapped.read_part(index), gated.read_part(index), strict=True)]
             sealed = iter(seal_batch([p for p in passed if p is not None], signer))
             return [None if p is None else next(sealed) for p in passed]
@@ -486,9 +488,9 @@ def _outcome(route: Route, extracted: dict[str, Any], mapped: dict[str, Any] | N
         "version": None, "reasons": None, "signature": None, "signer": None,
         "ack_code": None, "ack_status": None, "acked_at": None,
     }
-    if verdict is None or verdict["status"] == gate.PENDING:
+    if verdict is None or verdict["status"] == verdicts.PENDING:
         return {**out, "outcome": PENDING, "reasons": verdict["reasons"] if verdict else None}
-    if verdict["status"] == gate.QUARANTINE:
+    if verdict["status"] == verdicts.QUARANTINE:
         return {**out, "outcome": QUARANTINED, "reasons": verdict["reasons"]}
     if sealed is not None:
         out.update(version=sealed[VERSION], signature=sealed[SIGNATURE],
