@@ -9,7 +9,8 @@ or absent: a retried task skips the parts it has and resumes at the first one mi
 After extract, a run's parts are split once into contiguous partitions (``_partitions.json``);
 the later stages can run one task per partition (Airflow's dynamic task mapping, spread over
 Celery workers), each marking its partition done (``_done.p00000.json``). Whichever partition
-finishes last sees them all and marks the whole stage.
+finishes last sees them all and marks the whole stage. ``outcomes/`` holds each record's outcome,
+staged per pushed partition by the ``account`` task and by ``record`` for the rest.
 
 ``<staging>`` is an Airflow ``ObjectStoragePath``: a local folder embedded (``file://``), a bucket
 when workers run on several machines (``s3://bucket/prefix`` with an Airflow connection for its
@@ -238,13 +239,26 @@ class RunStaging:
         """Extract's parts in at most ``wanted`` contiguous partitions, planned once per run, so
         every task and retry of the run (even under a changed setting) sees the same partitions.
         There is always at least one, empty when nothing was pulled."""
-        if self.folder.exists("_partitions.json"):
-            return orjson.loads(self.folder.read("_partitions.json"))
+        planned = self.plan()
+        if planned is not None:
+            return planned
         parts = self.stage("extract").parts()
         size = max(1, math.ceil(len(parts) / max(1, wanted)))
         plan = [parts[start : start + size] for start in range(0, len(parts), size)] or [[]]
         self.folder.write("_partitions.json", orjson.dumps(plan))
         return plan
+
+    def plan(self) -> list[list[int]] | None:
+        """The partitions as planned, or None before extract planned them: for a reader that
+        must not plan (a plan made before extract is done would leave out what it pulls next)."""
+        if not self.folder.exists("_partitions.json"):
+            return None
+        return orjson.loads(self.folder.read("_partitions.json"))
+
+    def outcomes(self) -> StageDir:
+        """Each record's outcome, staged for the settle (see ``lienthong.routes.stages.account``):
+        not one of :data:`STAGES`, which a run must all finish; the settle can do without it."""
+        return StageDir(self.folder, "outcomes")
 
     def stage(self, name: str) -> StageDir:
         if name not in STAGES:

@@ -21,7 +21,7 @@ def test_bench_reports_every_figure_as_one_json_object(tmp_path):
     result = json.loads(done.stdout)  # the only thing on stdout
     assert result["records"] == 1200 and result["floor"]["records"] == 1200 and result["naive"]["records"] == 3
     assert result["partitions"] == 2  # three parts of 500
-    assert set(result["stages"]) == {"pull", "verify", "map", "gate", "sign", "push", "record"}
+    assert set(result["stages"]) == {"pull", "verify", "map", "gate", "sign", "push", "account", "record"}
     assert abs(sum(result["stages"].values()) - result["wall_s"]) < 0.01
     for key in ("wall_s", "records_per_s", "peak_rss_mb", "naive_ratio", "floor_ratio", "incremental_s"):
         assert isinstance(result[key], Real) and result[key] > 0, key

@@ -69,7 +69,8 @@ def test_killed_workers_lose_nothing_and_double_nothing(tmp_path: Path, monkeypa
         mid_push = sandbox_stats(portal)
         assert 0 < mid_push["versions"] < DOSSIERS
 
-        killed.append(_run_and_kill(w, _after("push")))  # between push and record
+        killed.append(_run_and_kill(w, _after("push")))  # between push and account
+        killed.append(_run_and_kill(w, lambda staging: staging.outcomes().done))  # between account and record
         final = run_routes(w.settings, [ROUTE])[0]
         assert final["status"] == "success" and final["counts"]["pending"] == 0
 

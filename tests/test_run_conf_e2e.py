@@ -61,5 +61,5 @@ def test_a_run_asked_for_three_partitions_maps_its_stages_over_three_and_settles
         assert run["counts"]["pulled"] == DOSSIERS and run["counts"]["pending"] == 0
         stages = mapped_tasks(w.settings, run["airflow_run_id"])
         assert stages == {f"partition.{name}": {(k, "success") for k in range(3)}
-                          for name in ("verify", "map", "gate", "sign", "push")}, stages
+                          for name in ("verify", "map", "gate", "sign", "push", "account")}, stages
         account_for_every_dossier(w, ROUTE, [run["run_id"]])

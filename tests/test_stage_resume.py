@@ -13,6 +13,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from lienthong.audit import report
+from lienthong.audit import verify as audit_verify
 from lienthong.connectors import connection
 from lienthong.connectors.rest import PortalUnavailable
 from lienthong.routes import stages
@@ -67,7 +69,8 @@ def sandbox(staged_home: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         yield portal_app, web.url
 
 
-def test_a_push_that_fails_part_way_resumes_without_sending_anything_twice(staged_home: Settings, sandbox) -> None:
+def test_a_push_that_fails_part_way_resumes_without_sending_anything_twice(
+        staged_home: Settings, sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
     portal_app, url = sandbox
     run_id = stages.run_id_for(ROUTE, "manual__resume")
     stages.extract(ROUTE, run_id)
@@ -78,6 +81,9 @@ def test_a_push_that_fails_part_way_resumes_without_sending_anything_twice(stage
 
     with pytest.raises(PortalUnavailable):
         stages.push(ROUTE, run_id)
+    # Outcomes are final only once pushed: accounting for the partition now is refused.
+    with pytest.raises(RuntimeError, match=f"run {run_id}: partition 1 of 1 is not pushed yet"):
+        stages.account(ROUTE, run_id, 0)
     push = RunStaging(staged_home.staging_dir, run_id).stage("push")
     acked_before = sum(1 for i in push.parts() for a in push.read_part(i) if a)
     assert 0 < acked_before < sealed and not push.done
@@ -90,6 +96,10 @@ def test_a_push_that_fails_part_way_resumes_without_sending_anything_twice(stage
     assert stats["received"] - received_before == sealed - acked_before  # only the rest was sent
     assert stats["duplicates"] == 0 and stats["dossiers"] == sealed
 
+    accounted = stages.account(ROUTE, run_id, 0)
+    assert accounted == {"records": 1200, "acknowledged": sealed, "quarantined": 1200 - sealed}
+    # record settles an accounted partition from the staged outcomes, computing none again.
+    monkeypatch.setattr(stages, "_outcome", lambda *args: pytest.fail("record computed an accounted outcome again"))
     settled = stages.record(ROUTE, run_id)
     assert settled["pulled"] == 1200 == settled["acknowledged"] + settled["quarantined"]
     assert not RunStaging(staged_home.staging_dir, run_id).root.exists()  # settled staging, with personal data, is gone
@@ -147,8 +157,16 @@ def test_partitions_of_a_run_go_through_the_stages_in_any_order_and_every_record
         assert staging.stage(name).counts()["records"] == sum(staging.stage(name).partition_counts(k)["records"]
                                                               for k in range(3))
 
+    # Two partitions accounted for in the task group; the third's worker died, so record does it.
+    accounted = {k: stages.account(ROUTE, run_id, k) for k in (2, 0)}
+    assert {k: counts["records"] for k, counts in accounted.items()} == {2: rows[2], 0: rows[0]}
+    assert not staging.outcomes().done
+
     settled = stages.record(ROUTE, run_id)
     assert settled["pulled"] == 1200 == settled["acknowledged"] + settled["quarantined"]
     assert settled["stages"]["gate"]["records"] == 1200
     assert settled["stages"]["push"]["records"] == settled["stages"]["sign"]["records"] == settled["pushed"]
     assert portal.sandbox_stats(url)["dossiers"] == settled["acknowledged"]
+    # Outcomes staged by account and by record alike hash into a tree whose proofs verify.
+    assert {p.kind for p in report.verify(stages._ledger(), run_id, keys_dir=staged_home.keys_dir).problems} \
+        <= {audit_verify.UNSTAMPED}

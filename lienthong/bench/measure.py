@@ -22,10 +22,11 @@ from lienthong.routes import stages
 # The route's stages in the order a DAG runs them, under the names the figures use.
 STAGES: tuple[tuple[str, Callable[[str, str], dict[str, Any]]], ...] = (
     ("pull", stages.extract), ("verify", stages.verify), ("map", stages.map_records),
-    ("gate", stages.gate_records), ("sign", stages.sign), ("push", stages.push), ("record", stages.record),
+    ("gate", stages.gate_records), ("sign", stages.sign), ("push", stages.push), ("account", stages.account),
+    ("record", stages.record),
 )
 # The stages a DAG maps over the run's partitions (extract plans them, record settles them all).
-PARTITIONED = ("verify", "map", "gate", "sign", "push")
+PARTITIONED = ("verify", "map", "gate", "sign", "push", "account")
 
 
 @dataclass

@@ -28,7 +28,7 @@ DEFAULT_ARGS = {
 
 # task id -> the function of lienthong.routes.stages it runs, in order after extract.
 STAGE_TASKS = (("verify", "verify"), ("map", "map_records"), ("gate", "gate_records"),
-               ("sign", "sign"), ("push", "push"))
+               ("sign", "sign"), ("push", "push"), ("account", "account"))
 
 
 def run_params() -> dict[str, Param]:

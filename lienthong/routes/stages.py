@@ -396,6 +396,37 @@ def push(route_name: str, run_id: str, partition: int | None = None) -> dict[str
 
 
 @_stage
+def account(route_name: str, run_id: str, partition: int | None = None) -> dict[str, Any]:
+    """Each record's outcome, for the partitions whose push is done, staged for ``record``.
+
+    Half of ``record``'s work needs nothing of the other partitions: reading every stage's part
+    and hashing each outcome. Done here, in the mapped task group, it is shared by the workers
+    and only the settle, which must see the whole run, is left to one. An outcome is only
+    final once its partition is pushed, so this refuses a partition whose push is not done;
+    ``record`` computes the outcomes of any partition not accounted for (its push failed, or
+    its worker died) itself.
+    """
+    route = get_route(route_name)
+    staging = _staging(run_id)
+    outcomes = _RunOutcomes(route, staging)
+    pushed = staging.stage("push")
+    plan = staging.partitions(settings().partitions)
+    for k in range(len(plan)) if partition is None else (partition,):
+        if not pushed.partition_done(k):
+            raise RuntimeError(f"run {run_id}: partition {k + 1} of {len(plan)} is not pushed yet, so its "
+                               "outcomes are not final; record settles it from its staging")
+
+    def work(parts: list[int], report: Report) -> dict[str, Any]:
+        tally: dict[str, int] = {}
+        for index in parts:
+            _tally(tally, (outcome["outcome"] for outcome in outcomes.compute(index)))
+            report({"records": sum(tally.values()), **tally})
+        return tally
+
+    return _by_partition(staging, outcomes.stage, partition, work)
+
+
+@_stage
 def record(route_name: str, run_id: str) -> dict[str, Any]:
     """Settle every pulled record in the ledger and move the cursor past what is settled.
 
@@ -415,20 +446,20 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
                             "duplicates", "rejected", "pending"), 0)
     reasons: dict[str, int] = {}
     with LeafSpool() as leaves:  # what stays of each outcome until the settle: its leaf hash, on disk
-        for row, outcome in outcomes.computed():
-            leaves.add(outcome_leaf(outcome))
+        for outcome in outcomes.every():
+            leaves.add(bytes.fromhex(outcome["leaf"]))  # the settle checks each against its outcome
             counts["pulled"] += 1
             _count(counts, reasons, outcome)
             if outcome["outcome"] == PENDING:
                 stuck = True
             elif not stuck:
-                settled_cursor = row["cursor"]
+                settled_cursor = outcome["cursor"]
         done = {name: staging.stage(name) for name in STAGES if staging.stage(name).done}
         counts["stages"] = {name: stage.counts() for name, stage in done.items()}
         complete = len(done) == len(STAGES)
         status = SUCCESS if complete and counts["pending"] == 0 else FAILED
         last_settled = Cursor.model_validate(settled_cursor) if settled_cursor else None
-        ledger.settle(run_id, outcomes.staged, status, last_settled, counts, reasons,
+        ledger.settle(run_id, _StagedOutcomes(outcomes.stage), status, last_settled, counts, reasons,
                       facts=route_facts(route), seal=platform_sealer(settings().keys_dir), leaves=leaves)
     log.info("run %s settled: %s", run_id, counts)
     if status == SUCCESS:
@@ -440,34 +471,43 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
 
 
 class _RunOutcomes:
-    """Every pulled record's outcome, computed from the run's staging once and staged again,
-    compactly, for the settle's second pass (a large run's outcomes do not fit in memory, so
-    :func:`record` goes through them once for the counts and leaf hashes, and the settle once
-    more to store them). Recomputing them would read every stage's part again, sealed records
-    with their certificate chains included, and hash every payload again: about half the cost
-    of ``record``."""
+    """Every pulled record's outcome, computed from the run's staging and staged, compactly, with
+    its cursor and leaf hash: ``record`` goes through them once for the counts, the cursor and the
+    leaf hashes, and the settle once more to store them (a large run's outcomes do not fit in
+    memory). Computing them reads every stage's part, sealed records with their certificate
+    chains included, and hashes every payload: about half the cost of ``record``, which
+    :func:`account` takes off it for each partition whose push is done."""
 
     def __init__(self, route: Route, staging: RunStaging) -> None:
         self.route = route
+        self.staging = staging
         self.stages = {name: staging.stage(name) for name in ("extract", "map", "gate", "sign", "push")}
-        self.staged = _StagedOutcomes(StageDir(staging.folder, "outcomes"))
+        self.stage = staging.outcomes()
 
-    def computed(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-        """(extracted row, outcome) pairs, in pull order, one staged part in memory at a time;
-        every part's outcomes are staged (again) before they are handed out, so ``staged`` is
-        always what this pass computed."""
+    def compute(self, index: int) -> list[dict[str, Any]]:
+        """The outcomes of one part, written to the stage before they are handed out."""
+        rows = self.stages["extract"].read_part(index)
+        parts = {name: _part_or_nulls(self.stages[name], index, len(rows)) for name in ("map", "gate", "sign", "push")}
+        outcomes = []
+        for n, row in enumerate(rows):
+            outcome = _outcome(self.route, row, parts["map"][n], parts["gate"][n], parts["sign"][n], parts["push"][n])
+            outcomes.append({**outcome, "cursor": row["cursor"], "leaf": outcome_leaf(outcome).hex()})
+        self.stage.write_part(index, outcomes)
+        return outcomes
+
+    def every(self) -> Iterator[dict[str, Any]]:
+        """Every pulled record's outcome, in pull order, one part in memory at a time: as
+        :func:`account` staged it for an accounted partition, computed (and staged) now for any
+        other, so that what the settle reads again is always what this pass counted."""
+        plan = self.staging.plan() or []
+        accounted = {index for k, part in enumerate(plan) if self.stage.partition_done(k) for index in part}
         for index in self.stages["extract"].parts():
-            rows = self.stages["extract"].read_part(index)
-            parts = {name: _part_or_nulls(self.stages[name], index, len(rows)) for name in ("map", "gate", "sign", "push")}
-            outcomes = [_outcome(self.route, row, parts["map"][n], parts["gate"][n], parts["sign"][n], parts["push"][n])
-                        for n, row in enumerate(rows)]
-            self.staged.stage.write_part(index, outcomes)
-            yield from zip(rows, outcomes)
+            yield from self.stage.read_part(index) if index in accounted else self.compute(index)
 
 
 class _StagedOutcomes:
-    """The outcomes :meth:`_RunOutcomes.computed` staged, re-iterable as the settle needs them;
-    times come back as ISO text, which the ledger reads as it reads its own."""
+    """The outcomes :class:`_RunOutcomes` staged, re-iterable as the settle needs them; times
+    come back as ISO text, which the ledger reads as it reads its own."""
 
     def __init__(self, stage: StageDir) -> None:
         self.stage = stage
