@@ -134,8 +134,9 @@ def test_the_gate_does_not_fingerprint_its_batches(monkeypatch: pytest.MonkeyPat
 
 def test_only_the_gate_task_loads_pandas() -> None:
     """Every task imports the stages; pandas (49 MB, 0.15 s) is the gate's alone, so the tasks
-    that never judge a record (extract, verify, map, sign, push, record) must not pay for it."""
-    probe = ("import sys; import lienthong.routes.stages; "
+    that never judge a record (extract, verify, map, sign, push, account, record) must not pay for
+    it, nor the sandbox's seeding, which makes personal IDs with the gate's rules."""
+    probe = ("import sys; import lienthong.routes.stages, lienthong.sandbox.seed; "
              "print(sorted(m for m in ('pandas', 'great_expectations', 'lienthong.gates.gate') if m in sys.modules))")
     child = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert child.returncode == 0, child.stderr[-2000:]
