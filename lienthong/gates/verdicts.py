@@ -1,8 +1,8 @@
 """What the gate says of a record, apart from how it decides.
 
-The stages that only read verdicts (sign, record) and the tasks before the gate import this, not
-:mod:`lienthong.gates.gate`: that one imports pandas (49 MB and 0.15 s a process), which a task
-that never judges a record has no use for.
+Every task imports the stages module, which reads verdicts (sign, account, record) but judges
+records only in the gate task: it imports this, and :mod:`lienthong.gates.gate` inside that task
+alone, since the gate imports pandas (49 MB and 0.15 s a process).
 """
 
 from __future__ import annotations
