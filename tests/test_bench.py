@@ -9,6 +9,9 @@ import sys
 from numbers import Real
 
 import pytest
+from rich.console import Console
+
+from lienthong.bench.report import show
 
 pytestmark = pytest.mark.slow  # the run with nothing new goes through Airflow
 
@@ -26,3 +29,16 @@ def test_bench_reports_every_figure_as_one_json_object(tmp_path):
     for key in ("wall_s", "records_per_s", "peak_rss_mb", "naive_ratio", "floor_ratio", "incremental_s"):
         assert isinstance(result[key], Real) and result[key] > 0, key
     assert all(seconds > 0 for seconds in result["stages"].values())
+    # CPU per stage, the route's (hub and partition processes) apart from the sandbox's stand-ins
+    assert set(result["stage_cpu_s"]) == set(result["stages"])
+    assert all(used["route"] > 0 and used["sandbox"] >= 0 for used in result["stage_cpu_s"].values())
+    assert result["stage_cpu_s"]["verify"]["sandbox"] > 0  # the population stand-in answered
+    assert result["stage_cpu_s"]["push"]["sandbox"] > 0  # the portal stand-in checked signatures
+    for side in ("route", "sandbox"):
+        assert result["cpu_s"][side] == pytest.approx(sum(used[side] for used in result["stage_cpu_s"].values()),
+                                                      abs=0.1)
+    console = Console(record=True, width=200)  # the tables a person gets without --json
+    show(result, console)
+    text = console.export_text()
+    assert all(name in text for name in result["stages"]) and "CPU s, sandbox" in text
+    assert f"the sandbox's stand-ins {result['cpu_s']['sandbox']:,.1f} s" in text

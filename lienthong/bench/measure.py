@@ -12,7 +12,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -37,38 +37,49 @@ class Timing:
     # The process's peak memory once each stage is over: the stage where it jumps holds the memory.
     peak_rss_mb_after: dict[str, float] = field(default_factory=dict)
     partitions: int = 1  # the run's, as extract planned them
+    # CPU seconds each stage took, by side: "route" (the hub and the partition processes) and
+    # "sandbox" (the stand-ins and their workers), which share the machine's cores.
+    cpu_s: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def per_s(self) -> float:
         return self.records / self.seconds if self.seconds else 0.0
 
 
-def full_run(route_name: str, partitions: int = 1) -> Timing:
+def full_run(route_name: str, partitions: int = 1, sandbox_pids: Iterable[int] = ()) -> Timing:
     """One run of the route, stage after stage as its DAG would, timing each; it must settle
     every record (a run with pending records would measure less work than it claims).
 
     With ``partitions`` > 1 the mapped stages run each partition in a process of its own at the
     same time, as a deployment with that many worker slots runs the DAG's mapped task instances;
-    the peak memory is then the hub's plus every partition process's.
+    the peak memory is then the hub's plus every partition process's. Each stage's CPU time is
+    counted for the route and for the processes ``sandbox_pids`` (and their children): on a
+    machine the stand-ins share, a stage's wall time says little about the route's own cost.
     """
     run_id = stages.run_id_for(route_name, f"bench-{time.time_ns()}")
+    sandbox_pids = list(sandbox_pids)
     timings: dict[str, float] = {}
     peaks: dict[str, float] = {}
+    cpu: dict[str, dict[str, float]] = {}
     results: dict[str, dict[str, Any]] = {}
-    workers_peak: dict[int, float] = {}  # partition process -> its peak memory so far
-    with _partition_workers(partitions) as workers:
+    workers: dict[int, tuple[float, float]] = {}  # partition process -> (its peak memory, its CPU) so far
+    with _partition_workers(partitions) as pool:
         for name, stage in STAGES:
             start = time.perf_counter()
-            if workers is not None and name in PARTITIONED:
+            route_cpu = own_cpu_s() + sum(used for _, used in workers.values())
+            sandbox_cpu = processes_cpu_s(sandbox_pids)
+            if pool is not None and name in PARTITIONED:
                 jobs = [(name, route_name, run_id, k) for k in range(planned)]
-                workers_peak.update(workers.map(_run_partition, jobs))
+                workers.update((pid, (peak, used)) for pid, peak, used in pool.map(_run_partition, jobs))
             else:
                 results[name] = stage(route_name, run_id)
             timings[name] = time.perf_counter() - start
+            cpu[name] = {"route": own_cpu_s() + sum(used for _, used in workers.values()) - route_cpu,
+                         "sandbox": processes_cpu_s(sandbox_pids) - sandbox_cpu}
             if name == "pull":
                 planned = stages.partitions(run_id)
-            peaks[name] = round(peak_rss_mb() + sum(workers_peak.values()), 1)
-    return Timing(results["record"]["pulled"], sum(timings.values()), timings, peaks, planned)
+            peaks[name] = round(peak_rss_mb() + sum(peak for peak, _ in workers.values()), 1)
+    return Timing(results["record"]["pulled"], sum(timings.values()), timings, peaks, planned, cpu)
 
 
 @contextmanager
@@ -91,11 +102,12 @@ def _partition_workers(partitions: int) -> Iterator[ProcessPoolExecutor | None]:
             os.environ["LIENTHONG_PARTITIONS"] = saved
 
 
-def _run_partition(job: tuple[str, str, str, int]) -> tuple[int, float]:
-    """One partition of one stage, in a partition process: which process, and its peak so far."""
+def _run_partition(job: tuple[str, str, str, int]) -> tuple[int, float, float]:
+    """One partition of one stage, in a partition process: which process, its peak memory and its
+    CPU seconds so far."""
     name, route_name, run_id, partition = job
     dict(STAGES)[name](route_name, run_id, partition)
-    return os.getpid(), peak_rss_mb()
+    return os.getpid(), peak_rss_mb(), own_cpu_s()
 
 
 def floor(route_name: str) -> Timing:
@@ -186,3 +198,26 @@ def processes_peak_rss_mb(pids: Iterable[int]) -> float:
         status = Path(f"/proc/{pid}/status").read_text()
         peaks.append(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))))
     return max(peaks, default=0) / 1024
+
+
+def own_cpu_s() -> float:
+    """This process's CPU seconds so far, every thread's, user and system."""
+    import resource
+
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return used.ru_utime + used.ru_stime
+
+
+def processes_cpu_s(pids: Iterable[int]) -> float:
+    """CPU seconds so far of running processes and all their children (the portal's judges), with
+    what their ended children used."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        root = psutil.Process(pid)
+        for process in (root, *root.children(recursive=True)):
+            with suppress(psutil.NoSuchProcess):
+                used = process.cpu_times()
+                total += used.user + used.system + used.children_user + used.children_system
+    return total

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from rich.console import Console
@@ -11,12 +12,16 @@ from rich.table import Table
 def show(result: dict[str, Any], console: Console) -> None:
     stages = Table(title=f"{result['records']:,} dossiers end to end in {result['wall_s']:.1f} s: "
                          f"{result['records_per_s']:,.0f} records/s, {result['partitions']} partition(s) at once")
-    for column in ("stage", "seconds", "share", "records/s"):
+    for column in ("stage", "seconds", "share", "records/s", "CPU s, route", "CPU s, sandbox"):
         stages.add_column(column, justify="left" if column == "stage" else "right")
     for name, seconds in result["stages"].items():
-        rate = result["stage_records_per_s"][name]
-        stages.add_row(name, f"{seconds:.2f}", f"{seconds / result['wall_s']:.0%}", f"{rate:,.0f}" if rate else "-")
+        rate, cpu = result["stage_records_per_s"][name], result["stage_cpu_s"][name]
+        stages.add_row(name, f"{seconds:.2f}", f"{seconds / result['wall_s']:.0%}", f"{rate:,.0f}" if rate else "-",
+                       f"{cpu['route']:.1f}", f"{cpu['sandbox']:.1f}")
     console.print(stages)
+    cpu = result["cpu_s"]
+    console.print(f"CPU: the route {cpu['route']:,.1f} s, the sandbox's stand-ins {cpu['sandbox']:,.1f} s, on "
+                  f"{os.cpu_count()} cores for {result['wall_s']:.1f} s")
     yardsticks = Table(title="against the yardsticks")
     for column in ("way", "records", "seconds", "records/s", "ratio"):
         yardsticks.add_column(column, justify="left" if column == "way" else "right")

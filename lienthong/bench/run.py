@@ -26,7 +26,7 @@ def bench(records: int, sample: int | None = None, home: Path | None = None, par
         on_note(f"seeding {records:,} dossiers")
         world.seed(records)
         on_note(f"running the route, stage by stage, in {partitions} partition{'s' * (partitions > 1)}")
-        full = measure.full_run(world.ROUTE, partitions)
+        full = measure.full_run(world.ROUTE, partitions, (p.pid for p in sandbox.processes.values()))
         on_note("the floor: ODBC, canonical JSON, SHA-256")
         floor = measure.floor(world.ROUTE)
         on_note("a run with nothing new, through Airflow")
@@ -59,6 +59,10 @@ def figures(full: measure.Timing, naive: measure.Timing, floor: measure.Timing,
         "stages": {name: round(seconds, 3) for name, seconds in full.stages.items()},
         "stage_records_per_s": {name: round(full.records / seconds, 1) if seconds else None
                                 for name, seconds in full.stages.items()},
+        # CPU seconds, the route's own and the sandbox's stand-ins', which share the cores.
+        "stage_cpu_s": {name: {side: round(seconds, 2) for side, seconds in used.items()}
+                        for name, used in full.cpu_s.items()},
+        "cpu_s": {side: round(sum(used[side] for used in full.cpu_s.values()), 2) for side in ("route", "sandbox")},
         # The hub and, while the route ran, its partition processes: they run at the same time.
         "peak_rss_mb": max(round(measure.peak_rss_mb(), 1), *full.peak_rss_mb_after.values()),
         "peak_rss_mb_after_stage": full.peak_rss_mb_after,
