@@ -63,19 +63,21 @@ def full_run(route_name: str, partitions: int = 1, sandbox_pids: Iterable[int] =
     cpu: dict[str, dict[str, float]] = {}
     results: dict[str, dict[str, Any]] = {}
     workers: dict[int, tuple[float, float]] = {}  # partition process -> (its peak memory, its CPU) so far
+
+    def route_cpu_s() -> float:
+        return own_cpu_s() + sum(used for _, used in workers.values())
+
     with _partition_workers(partitions) as pool:
         for name, stage in STAGES:
+            route_cpu, sandbox_cpu = route_cpu_s(), processes_cpu_s(sandbox_pids)
             start = time.perf_counter()
-            route_cpu = own_cpu_s() + sum(used for _, used in workers.values())
-            sandbox_cpu = processes_cpu_s(sandbox_pids)
             if pool is not None and name in PARTITIONED:
                 jobs = [(name, route_name, run_id, k) for k in range(planned)]
                 workers.update((pid, (peak, used)) for pid, peak, used in pool.map(_run_partition, jobs))
             else:
                 results[name] = stage(route_name, run_id)
             timings[name] = time.perf_counter() - start
-            cpu[name] = {"route": own_cpu_s() + sum(used for _, used in workers.values()) - route_cpu,
-                         "sandbox": processes_cpu_s(sandbox_pids) - sandbox_cpu}
+            cpu[name] = {"route": route_cpu_s() - route_cpu, "sandbox": processes_cpu_s(sandbox_pids) - sandbox_cpu}
             if name == "pull":
                 planned = stages.partitions(run_id)
             peaks[name] = round(peak_rss_mb() + sum(peak for peak, _ in workers.values()), 1)
