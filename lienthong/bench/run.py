@@ -23,10 +23,11 @@ def bench(records: int, sample: int | None = None, home: Path | None = None, par
     is a duplicate). ``partitions``: see :func:`measure.full_run`."""
     sample = min(records, NAIVE_SAMPLE) if sample is None else sample
     with quiet(), world.private_world(POPULATION_LATENCY_MS, home) as sandbox:
+        services = [process.pid for process in sandbox.processes.values()]
         on_note(f"seeding {records:,} dossiers")
         world.seed(records)
         on_note(f"running the route, stage by stage, in {partitions} partition{'s' * (partitions > 1)}")
-        full = measure.full_run(world.ROUTE, partitions, (p.pid for p in sandbox.processes.values()))
+        full = measure.full_run(world.ROUTE, partitions, services)
         on_note("the floor: ODBC, canonical JSON, SHA-256")
         floor = measure.floor(world.ROUTE)
         on_note("a run with nothing new, through Airflow")
@@ -34,7 +35,7 @@ def bench(records: int, sample: int | None = None, home: Path | None = None, par
         on_note(f"the naive way, on {sample:,} fresh dossiers")
         world.seed(sample, fresh=True)
         naive = measure.naive(world.ROUTE)
-        services_peak = measure.processes_peak_rss_mb(p.pid for p in sandbox.processes.values())
+        services_peak = measure.processes_peak_rss_mb(services)
     return figures(full, naive, floor, idle, services_peak)
 
 
