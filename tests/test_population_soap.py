@@ -23,7 +23,8 @@ from lxml import etree
 from lienthong.connectors.soap import BatchCall, PopulationVerifier, Subject, Verification, is_transient
 from lienthong.sandbox.faults import FaultConfig
 from lienthong.sandbox.http import ServerThread, free_port
-from lienthong.sandbox.population import NS, SOAP11, SOAP12, Citizen, PopulationRegistry, create_app
+from lienthong.sandbox.population import NS, Citizen, PopulationRegistry, create_app
+from lienthong.sandbox.soap_server import SOAP11, SOAP12
 
 AN = Citizen("001090000001", "Nguyễn Văn An", dt.date(1990, 1, 2), "M")
 BINH = Citizen("079195000002", "Trần Thị Bình", dt.date(1995, 5, 6), "F")

@@ -87,3 +87,35 @@ def test_transient_server_errors_are_retried_and_nothing_is_lost(district: Setti
     finally:
         requests.put(faults, json={}, timeout=5).raise_for_status()
     assert sorted(r["MaHoSo"] for _, r in items) == sorted(services.answer_key(district, "soap"))
+
+
+
+def _call_district(body: str, content_type: str = "text/xml; charset=utf-8",
+                   action: str = "") -> requests.Response:
+    conn = json.loads(os.environ[f"AIRFLOW_CONN_{DISTRICT_SOAP.upper()}"])
+    return requests.post(f"http://{conn['host']}:{conn['port']}/dossiers", data=body.encode("utf-8"),
+                         headers={"Content-Type": content_type, "SOAPAction": action}, timeout=10)
+
+
+_LIST = ('<t:DanhSachHoSoTheoThoiGian xmlns:t="urn:lienthong:sandbox:dossier-soap:v1">'
+         "<t:SoBanGhi>5</t:SoBanGhi></t:DanhSachHoSoTheoThoiGian>")
+_SOAP11 = '<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body>{}</s:Body></s:Envelope>'
+_SOAP12 = '<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body>{}</s:Body></s:Envelope>'
+
+
+@pytest.mark.parametrize(("body", "content_type", "action", "status", "reason"), [
+    (_SOAP11.format(_LIST), "application/soap+xml", "", 415, "text/xml"),
+    ('<!DOCTYPE s:Envelope [<!ENTITY x "x">]>' + _SOAP11.format(_LIST), "text/xml", "", 500, "DTDs"),
+    (_SOAP12.format(_LIST), "text/xml", "", 500, "envelope version"),
+    (_SOAP11.format("<t:Other xmlns:t='urn:x'/>"), "text/xml", "", 500, "exactly one DanhSachHoSoTheoThoiGian"),
+    (_SOAP11.format(_LIST), "text/xml", "urn:x#Other", 500, "SOAP action does not match"),
+])
+def test_the_district_service_refuses_bad_calls_with_a_soap_11_fault(
+        district: Settings, body: str, content_type: str, action: str, status: int, reason: str) -> None:
+    """What the population service refuses, this stand-in refuses the same way (one shared
+    envelope handling), in SOAP 1.1 only; a good call with no SOAPAction is served."""
+    response = _call_district(body, content_type, action)
+    assert response.status_code == status
+    assert response.headers["Content-Type"].startswith("text/xml")
+    assert "<faultcode>soap:" in response.text and reason in response.text
+    assert _call_district(_SOAP11.format(_LIST)).status_code == 200

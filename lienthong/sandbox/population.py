@@ -1,9 +1,8 @@
 """The population database stand-in (Cơ sở dữ liệu quốc gia về dân cư), spoken to over SOAP.
 
-Hand-written on lxml rather than on a SOAP server framework, so that what the connector must
-survive is in plain sight: both SOAP versions and their fault shapes, a hard refusal of DTDs and
-entities, a body-size cap, a batch cap, a deliberate per-call delay and a concurrency limit that
-answers a transient "Busy" fault. The contract itself is ``schemas/population.wsdl``.
+Both SOAP versions (the envelope handling is :mod:`lienthong.sandbox.soap_server`'s), a batch cap,
+a deliberate per-call delay and a concurrency limit that answers a transient "Busy" fault: what
+the connector must survive of the real system. The contract itself is ``schemas/population.wsdl``.
 """
 
 from __future__ import annotations
@@ -16,24 +15,28 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 from lxml import etree
 from werkzeug.wrappers import Request, Response
 
-from lienthong import schemas
 from lienthong.logs import get_logger
 from lienthong.sandbox.faults import FaultConfig, FaultSwitch
+from lienthong.sandbox.soap_server import (
+    SOAP11,
+    SOAP12,
+    SoapEndpoint,
+    SoapFault,
+    check_action,
+    new_envelope,
+    operation_element,
+    xml_response,
+)
 
 log = get_logger(__name__)
 
 PATH = "/population"
 NS = "urn:lienthong:sandbox:population:v1"
-SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
-SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
-_CONTENT_TYPE = {SOAP11: "text/xml; charset=utf-8", SOAP12: "application/soap+xml; charset=utf-8"}
-_WSDL_ADDRESS = ("{http://schemas.xmlsoap.org/wsdl/soap/}address",
-                 "{http://schemas.xmlsoap.org/wsdl/soap12/}address")
 SINGLE, BATCH = "XacThucCongDan", "XacThucDanhSachCongDan"
 ACTIONS = {op: f"{NS}#{op}" for op in (SINGLE, BATCH)}
 MAX_BODY = 2 * 1024 * 1024
@@ -42,8 +45,6 @@ BUSY = "Busy"
 
 _ID = re.compile(r"\d{12}")
 _XS_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})(?:Z|[+-]\d{2}:\d{2})?")
-FaultCode = Literal["Client", "Server", "VersionMismatch"]
-_SOAP12_CODE = {"Client": "Sender", "Server": "Receiver", "VersionMismatch": "VersionMismatch"}
 
 
 @dataclass(frozen=True)
@@ -171,114 +172,27 @@ def _xs_date(text: str) -> dt.date | None:
         return None
 
 
-class SoapFault(Exception):
-    """Raised anywhere below the dispatcher; answered in the SOAP version the caller spoke."""
-
-    def __init__(self, code: FaultCode, reason: str, status: int | None = None, subcode: str | None = None):
-        super().__init__(reason)
-        self.code, self.reason, self.status, self.subcode = code, reason, status, subcode
-
-
-def fault_response(envelope_ns: str, fault: SoapFault) -> Response:
-    """SOAP 1.1: faultcode/faultstring, HTTP 500. SOAP 1.2: Code/Subcode/Reason, 400 for the sender's fault."""
-    envelope, body = _envelope(envelope_ns)
-    node = etree.SubElement(body, f"{{{envelope_ns}}}Fault")
-    if envelope_ns == SOAP11:
-        code = f"soap:{fault.code}" + (f".{fault.subcode}" if fault.subcode else "")
-        etree.SubElement(node, "faultcode").text = code
-        etree.SubElement(node, "faultstring").text = fault.reason
-        status = fault.status or 500
-    else:
-        code_node = etree.SubElement(node, f"{{{SOAP12}}}Code")
-        etree.SubElement(code_node, f"{{{SOAP12}}}Value").text = f"soap:{_SOAP12_CODE[fault.code]}"
-        if fault.subcode:
-            sub = etree.SubElement(code_node, f"{{{SOAP12}}}Subcode")
-            etree.SubElement(sub, f"{{{SOAP12}}}Value", nsmap={"p": NS}).text = f"p:{fault.subcode}"
-        reason = etree.SubElement(etree.SubElement(node, f"{{{SOAP12}}}Reason"), f"{{{SOAP12}}}Text")
-        reason.set("{http://www.w3.org/XML/1998/namespace}lang", "en")
-        reason.text = fault.reason
-        status = fault.status or (400 if fault.code == "Client" else 500)
-    return _xml_response(envelope, envelope_ns, status)
-
-
-def _envelope(envelope_ns: str) -> tuple[etree._Element, etree._Element]:
-    envelope = etree.Element(f"{{{envelope_ns}}}Envelope", nsmap={"soap": envelope_ns})
-    return envelope, etree.SubElement(envelope, f"{{{envelope_ns}}}Body")
-
-
-def _xml_response(envelope: etree._Element, envelope_ns: str, status: int = 200) -> Response:
-    return Response(etree.tostring(envelope, xml_declaration=True, encoding="utf-8"), status=status,
-                    content_type=_CONTENT_TYPE[envelope_ns])
-
-
-class _DoctypeGuard:
-    """A parser target that stops at ``<!DOCTYPE``, before any declaration inside it is read.
-
-    So an entity bomb or an external entity is refused without relying on the parser's own
-    amplification limits, which differ between libxml2 versions.
-    """
-
-    def doctype(self, name: str, pubid: str | None, system: str | None) -> None:
-        raise SoapFault("Client", "DTDs and entity declarations are not allowed")
-
-    def close(self) -> None:
-        return None
-
-
-def _parser(target: _DoctypeGuard | None = None) -> etree.XMLParser:
-    """A new parser each time: lxml parser objects must not be used by two threads at once."""
-    return etree.XMLParser(target=target, resolve_entities=False, no_network=True, load_dtd=False,
-                           dtd_validation=False, huge_tree=False, remove_pis=True)
-
-
-def _parse(data: bytes) -> etree._Element:
-    """Two passes: a scan that refuses any DOCTYPE (cheap, in C but for one callback), then the tree."""
-    try:
-        etree.fromstring(data, _parser(_DoctypeGuard()))
-        return etree.fromstring(data, _parser())
-    except etree.XMLSyntaxError as exc:
-        raise SoapFault("Client", f"malformed XML at line {exc.lineno}") from None
-
-
-class PopulationService:
+class PopulationService(SoapEndpoint):
     """The WSGI app behind the fault switch: ``GET ?wsdl`` and SOAP ``POST`` on :data:`PATH`."""
 
+    path, namespace, wsdl_file = PATH, NS, "population.wsdl"
+
     def __init__(self, registry: PopulationRegistry, max_concurrent: int = 16, latency_ms: float = 0) -> None:
+        super().__init__()
         self.registry = registry
         self.max_concurrent = max_concurrent
         self.latency_ms = latency_ms
-        self._wsdl = schemas.path("population.wsdl").read_bytes()
         self._in_flight = 0
         self._lock = threading.Lock()
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        request = Request(environ)
-        if request.path.rstrip("/") != PATH:
-            response = Response("not found", status=404)
-        elif request.method == "GET" and any(k.lower() == "wsdl" for k in request.args):
-            response = self.wsdl(request.base_url)
-        elif request.method == "POST":
-            response = self._post(request)
-        else:
-            response = Response("GET ?wsdl for the service description, POST SOAP to call it", status=405)
-        return response(environ, start_response)
-
-    def wsdl(self, address: str) -> Response:
-        """The contract with every port pointing where the caller reached us (proxies, random ports)."""
-        root = etree.fromstring(self._wsdl)
-        for node in root.iter(*_WSDL_ADDRESS):
-            node.set("location", address)
-        return Response(etree.tostring(root, xml_declaration=True, encoding="utf-8"),
-                        content_type="text/xml; charset=utf-8")
-
-    def _post(self, request: Request) -> Response:
+    def post(self, request: Request) -> Response:
         envelope_ns = {"text/xml": SOAP11, "application/soap+xml": SOAP12}.get(request.mimetype)
         if envelope_ns is None:
-            return fault_response(SOAP11, SoapFault("Client", "content type must be text/xml (SOAP 1.1) "
+            return self.fault(SOAP11, SoapFault("Client", "content type must be text/xml (SOAP 1.1) "
                                                               "or application/soap+xml (SOAP 1.2)", status=415))
         if not self._admit():
             log.debug("busy: %d requests in flight", self.max_concurrent)
-            return fault_response(envelope_ns, SoapFault(
+            return self.fault(envelope_ns, SoapFault(
                 "Server", f"{BUSY}: more than {self.max_concurrent} requests in flight, retry later",
                 status=503, subcode=BUSY))
         try:
@@ -287,7 +201,7 @@ class PopulationService:
             return self._soap(request, envelope_ns)
         except SoapFault as fault:
             log.info("SOAP fault %s: %s", fault.code, fault.reason)
-            return fault_response(envelope_ns, fault)
+            return self.fault(envelope_ns, fault)
         finally:
             with self._lock:
                 self._in_flight -= 1
@@ -300,46 +214,21 @@ class PopulationService:
             return True
 
     def _soap(self, request: Request, envelope_ns: str) -> Response:
-        if (request.content_length or 0) > MAX_BODY:
-            raise SoapFault("Client", f"request body over {MAX_BODY} bytes")
-        data = request.stream.read(MAX_BODY + 1)
-        if len(data) > MAX_BODY:
-            raise SoapFault("Client", f"request body over {MAX_BODY} bytes")
-        root = _parse(data)
-        if etree.QName(root).localname != "Envelope" or etree.QName(root).namespace not in _CONTENT_TYPE:
-            raise SoapFault("Client", "the document is not a SOAP envelope")
-        if root.tag != f"{{{envelope_ns}}}Envelope":
-            raise SoapFault("VersionMismatch", "the envelope version does not match the content type")
-        body = root.find(f"{{{envelope_ns}}}Body")
-        payload = [] if body is None else [child for child in body if isinstance(child.tag, str)]
-        if len(payload) != 1:
-            raise SoapFault("Client", "the SOAP body must hold exactly one operation element")
-        operation = etree.QName(payload[0])
+        element = operation_element(request, envelope_ns, MAX_BODY)
+        operation = etree.QName(element)
         if operation.namespace != NS or operation.localname not in ACTIONS:
             raise SoapFault("Client", f"unknown operation {{{operation.namespace}}}{operation.localname}")
-        self._check_action(request, envelope_ns, operation.localname)
+        check_action(request, envelope_ns, ACTIONS[operation.localname], required=True)
         if operation.localname == SINGLE:
-            return self._single(payload[0], envelope_ns)
-        return self._batch(payload[0], envelope_ns)
-
-    @staticmethod
-    def _check_action(request: Request, envelope_ns: str, operation: str) -> None:
-        if envelope_ns == SOAP11:
-            header = request.headers.get("SOAPAction")
-            if header is None:
-                raise SoapFault("Client", "SOAP 1.1 requests need a SOAPAction header")
-            action = header.strip().strip('"')
-        else:
-            action = request.mimetype_params.get("action", "")
-        if action and action != ACTIONS[operation]:
-            raise SoapFault("Client", f"the SOAP action does not match the operation {operation}")
+            return self._single(element, envelope_ns)
+        return self._batch(element, envelope_ns)
 
     def _single(self, element: etree._Element, envelope_ns: str) -> Response:
         result = self._verify([_read_item(element, batch=False)])[0]
-        envelope, body = _envelope(envelope_ns)
+        envelope, body = new_envelope(envelope_ns)
         answer = etree.SubElement(body, f"{{{NS}}}{SINGLE}Response", nsmap={"p": NS})
         _write_result(etree.SubElement(answer, f"{{{NS}}}KetQua"), None, result)
-        return _xml_response(envelope, envelope_ns)
+        return xml_response(envelope, envelope_ns)
 
     def _batch(self, element: etree._Element, envelope_ns: str) -> Response:
         nodes = element.findall(f"{{{NS}}}CongDan")
@@ -352,12 +241,12 @@ class PopulationService:
         if not all(ids) or len(set(ids)) != len(ids):
             raise SoapFault("Client", "every CongDan needs its own MaYeuCau, unique within the batch")
         results = self._verify(items)
-        envelope, body = _envelope(envelope_ns)
+        envelope, body = new_envelope(envelope_ns)
         answer = etree.SubElement(body, f"{{{NS}}}{BATCH}Response", nsmap={"p": NS})
         for item, result in zip(items, results):
             _write_result(etree.SubElement(answer, f"{{{NS}}}KetQua"), item.request_id, result)
         log.debug("batch of %d verified", len(items))
-        return _xml_response(envelope, envelope_ns)
+        return xml_response(envelope, envelope_ns)
 
     def _verify(self, items: Sequence[_Item]) -> list[_Result]:
         known = self.registry.lookup(sorted({i.personal_id for i in items if _ID.fullmatch(i.personal_id)}))
