@@ -55,6 +55,19 @@ def assert_reads_every_dossier_once_in_order(items: list[tuple[Cursor, dict[str,
     assert [(c.value, c.key) for c, _ in items] == positions  # the position saved is the record's own
 
 
+def assert_resumes_inside_a_tie(source: Source, stream: Stream) -> None:
+    """From a cursor saved (as JSON, as the ledger keeps it) in the middle of many dossiers sharing
+    one update time, a read gets exactly the rest, and from the last one nothing."""
+    everything = pull(source, None, 100)
+    tie = [i for i, (_, r) in enumerate(everything) if r[stream.cursor_field].startswith("2025-06-30T23:00:00")]
+    middle = tie[len(tie) // 2]
+    saved = Cursor.model_validate(json.loads(json.dumps(everything[middle][0].model_dump())))
+    rest = pull(source, saved, 23)
+    key = stream.primary_key
+    assert [r[key] for _, r in rest] == [r[key] for _, r in everything[middle + 1:]]
+    assert pull(source, everything[-1][0], 50) == []
+
+
 def assert_maps_good_dossiers(items: list[tuple[Cursor, dict[str, Any]]], spec: MappingSpec,
                               answer: dict[str, str | None], code: str) -> None:
     engine = MappingEngine(spec)

@@ -13,12 +13,12 @@ import requests.auth
 from lienthong.connectors.connection import COMMUNE_REST
 from lienthong.connectors.rest_source import RestSource
 from lienthong.connectors.sources import open_source
-from lienthong.connectors.streams import Cursor
 from lienthong.sandbox import seed, services
 from lienthong.settings import Settings
 from tests.dossier_systems import (
     assert_maps_good_dossiers,
     assert_reads_every_dossier_once_in_order,
+    assert_resumes_inside_a_tie,
     example,
     pull,
     running,
@@ -54,14 +54,7 @@ def test_reads_every_dossier_once_in_order_across_tied_update_times(commune: Set
 
 
 def test_resumes_from_a_saved_cursor_inside_a_tie_with_exactly_the_rest(commune: Settings) -> None:
-    source = open_source("rest", STREAM, COMMUNE_REST)
-    everything = pull(source, None, 100)
-    tie = [i for i, (_, r) in enumerate(everything) if r["updated_at"].startswith("2025-06-30T23:00:00")]
-    middle = tie[len(tie) // 2]
-    saved = Cursor.model_validate(json.loads(json.dumps(everything[middle][0].model_dump())))
-    rest = pull(source, saved, 23)
-    assert [r["id"] for _, r in rest] == [r["id"] for _, r in everything[middle + 1:]]
-    assert pull(source, everything[-1][0], 50) == []
+    assert_resumes_inside_a_tie(open_source("rest", STREAM, COMMUNE_REST), STREAM)
 
 
 def test_probe_reports_the_keys_of_the_records(commune: Settings) -> None:

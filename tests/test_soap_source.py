@@ -12,12 +12,12 @@ import requests
 from lienthong.connectors.connection import DISTRICT_SOAP
 from lienthong.connectors.soap_source import SoapSource
 from lienthong.connectors.sources import open_source
-from lienthong.connectors.streams import Cursor
 from lienthong.sandbox import seed, services
 from lienthong.settings import Settings
 from tests.dossier_systems import (
     assert_maps_good_dossiers,
     assert_reads_every_dossier_once_in_order,
+    assert_resumes_inside_a_tie,
     example,
     pull,
     running,
@@ -50,14 +50,7 @@ def test_reads_every_dossier_once_in_order_across_tied_update_times(district: Se
 
 
 def test_resumes_from_a_saved_cursor_inside_a_tie_with_exactly_the_rest(district: Settings) -> None:
-    source = open_source("soap", STREAM, DISTRICT_SOAP)
-    everything = pull(source, None, 100)
-    tie = [i for i, (_, r) in enumerate(everything) if r["NgayCapNhat"].startswith("2025-06-30T23:00:00")]
-    middle = tie[len(tie) // 2]
-    saved = Cursor.model_validate(json.loads(json.dumps(everything[middle][0].model_dump())))
-    rest = pull(source, saved, 23)
-    assert [r["Id"] for _, r in rest] == [r["Id"] for _, r in everything[middle + 1:]]
-    assert pull(source, everything[-1][0], 50) == []
+    assert_resumes_inside_a_tie(open_source("soap", STREAM, DISTRICT_SOAP), STREAM)
 
 
 def test_probe_lists_the_operations_and_the_record_elements(district: Settings) -> None:
@@ -87,7 +80,6 @@ def test_transient_server_errors_are_retried_and_nothing_is_lost(district: Setti
     finally:
         requests.put(faults, json={}, timeout=5).raise_for_status()
     assert sorted(r["MaHoSo"] for _, r in items) == sorted(services.answer_key(district, "soap"))
-
 
 
 def _call_district(body: str, content_type: str = "text/xml; charset=utf-8",
