@@ -189,7 +189,7 @@ class PopulationService(SoapEndpoint):
         envelope_ns = {"text/xml": SOAP11, "application/soap+xml": SOAP12}.get(request.mimetype)
         if envelope_ns is None:
             return self.fault(SOAP11, SoapFault("Client", "content type must be text/xml (SOAP 1.1) "
-                                                              "or application/soap+xml (SOAP 1.2)", status=415))
+                                                          "or application/soap+xml (SOAP 1.2)", status=415))
         if not self._admit():
             log.debug("busy: %d requests in flight", self.max_concurrent)
             return self.fault(envelope_ns, SoapFault(
