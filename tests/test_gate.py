@@ -71,6 +71,24 @@ def test_each_kind_of_bad_record_is_quarantined_with_its_reasons_and_good_ones_p
             assert PID not in reason["message"] and "Lan" not in reason["message"]
 
 
+def test_the_rows_each_failing_expectation_names_are_those_one_complete_validation_lists() -> None:
+    """The gate lists rows only for the expectations the suite's first pass finds failing: what
+    it attributes must be exactly what great-expectations lists when asked for every row at once."""
+    import pandas as pd
+
+    records = [_record(1), _record(1), _record(2, MaTTHC=None), _record(3, MaTTHC="1.23", ChuHoSo="x" * 300),
+               _record(4, NgayHenTra="20241231080000", TrangThaiHoSo=99), _record(5, DonViXuLy=None)]
+    suite = gate.suite_gate(SUITE)
+    frame = pd.DataFrame.from_records([r["payload"] for r in records])
+    complete = suite._batches.get_batch(batch_parameters={"dataframe": frame.reindex(columns=suite.columns)}).validate(
+        suite.suite, result_format={"result_format": "COMPLETE"})
+    listed = {(o.expectation_config.meta["rule"], int(row))
+              for o in complete.results for row in o.result.get("unexpected_index_list") or []}
+    attributed = {(r["rule"], row) for row, reasons in enumerate(suite.failures(frame)) for r in reasons}
+    assert len({rule for rule, _ in listed}) >= 5
+    assert attributed == listed
+
+
 def test_duplicate_codes_in_one_batch_are_both_held() -> None:
     verdicts = gate.evaluate([_record(1), _record(1)], SUITE)
     assert all(_rules(v) == {"duplicate_MaHoSo"} for v in verdicts)

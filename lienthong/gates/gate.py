@@ -22,6 +22,8 @@ _SUBJECT_FIELD = {"full_name": "ChuHoSo", "date_of_birth": "MaDoiTuong", "gender
 # Every failing row's index (COMPLETE), but not the query that would select those rows again:
 # building it filters the whole DataFrame once more per expectation, a third of the row filtering.
 _INDICES_ONLY = {"result_format": "COMPLETE", "return_unexpected_index_query": False}
+# Whether each expectation holds, and nothing about which rows break it.
+_VERDICT_ONLY = {"result_format": "BOOLEAN_ONLY"}
 
 
 class SuiteGate:
@@ -58,26 +60,36 @@ class SuiteGate:
         Only the columns the suite names are handed over: great-expectations copies every column
         each time it filters rows for an expectation, so a column no expectation reads only costs
         time. A column the suite names but the records lack is added, empty.
+
+        The whole suite is asked only whether each expectation holds; the rows are listed for the
+        ones that fail, each validated again alone. Listing them (the failing values, then their
+        indices) filters the rows twice more per expectation, and in a batch of 10,000 of the
+        bench's dossiers 5 of the 33 expectations fail: 0.25 to 0.30 s of CPU a batch instead of
+        0.38 to 0.41 s, the same reasons.
         """
         frame = frame.reindex(columns=self.columns).reset_index(drop=True)
         batch = self._batches.get_batch(batch_parameters={"dataframe": frame})
-        result = batch.validate(self.suite, result_format=_INDICES_ONLY)
         reasons: list[list[dict[str, str]]] = [[] for _ in range(len(frame))]
-        for outcome in result.results:
-            info = outcome.exception_info or {}
-            if info.get("raised_exception"):
-                raise RuntimeError(
-                    f"gate suite expectation {outcome.expectation_config.type} could not run: "
-                    f"{info.get('exception_message')}"
-                )
-            if outcome.success:
+        for verdict in batch.validate(self.suite, result_format=_VERDICT_ONLY).results:
+            if _ran(verdict).success:
                 continue
-            meta = outcome.expectation_config.meta or {}
-            rule, column = meta["rule"], meta["field"]
-            message = f"{column}: {_describe(outcome.expectation_config.type, outcome.expectation_config.kwargs)}"
-            for row in outcome.result.get("unexpected_index_list") or []:
+            config = verdict.expectation_config
+            listed = _ran(batch.validate(config.to_domain_obj(), result_format=_INDICES_ONLY))
+            rule, column = config.meta["rule"], config.meta["field"]
+            message = f"{column}: {_describe(config.type, config.kwargs)}"
+            for row in listed.result.get("unexpected_index_list") or []:
                 reasons[int(row)].append({"field": column, "rule": rule, "message": message})
         return reasons
+
+
+def _ran(outcome: Any) -> Any:
+    """``outcome``, unless its expectation raised instead of judging: a gate that cannot judge
+    must stop the run, not pass the records."""
+    info = outcome.exception_info or {}
+    if info.get("raised_exception"):
+        raise RuntimeError(f"gate suite expectation {outcome.expectation_config.type} could not run: "
+                           f"{info.get('exception_message')}")
+    return outcome
 
 
 def _describe(kind: str, kwargs: dict[str, Any]) -> str:
