@@ -1,8 +1,9 @@
 """The gate: one verdict per record, pass, quarantine (with every reason) or pending.
 
-The great-expectations suite runs once per chunk of records over a DataFrame (vectorised), the
-personal-ID rules likewise; mapping errors and the population database's answer were attached by
-the earlier stages. A record with any reason is quarantined; one that could not be verified only
+The great-expectations suite runs once per chunk of records over a DataFrame (vectorised), and
+each expectation that fails there once more alone, for its rows; the personal-ID rules run once
+per chunk too. Mapping errors and the population database's answer were attached by the earlier
+stages. A record with any reason is quarantined; one that could not be verified only
 because the population database was unavailable is pending, for the next run.
 """
 
