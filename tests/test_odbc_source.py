@@ -77,6 +77,25 @@ def test_cursor_in_the_middle_of_a_tie_resumes_exactly_after_it(dossier_conn_str
     assert [r["id"] for _, r in rest] == [r["id"] for _, r in everything[middle + 1 :]]
 
 
+def test_ranges_cut_by_split_and_read_apart_give_every_row_once_in_the_order_of_one_pass(
+        dossier_conn_str: str) -> None:
+    """What partitions pulling one run at once rely on, cuts falling inside runs of tied timestamps."""
+    _seeded(dossier_conn_str, 700)
+    source = OdbcSource(dossier_conn_str, STREAM.model_copy(update={"page_size": 100}))
+    for after in (None, _pull(source, None, 100)[99][0]):  # a first run, and one after a cursor
+        whole = _pull(source, after, 64)
+        cuts = source.split(after, 3)
+        assert len(cuts) == 2 and cuts == sorted(cuts, key=lambda c: (c.parameter(), c.key))
+        bounds = [after, *cuts, None]
+        ranges = [[item for batch in source.read(a, 64, until=u) for item in batch] for a, u in zip(bounds, bounds[1:])]
+        assert [item for part in ranges for item in part] == whole
+        assert max(map(len, ranges)) - min(map(len, ranges)) <= 2  # about equal
+        assert [part[-1][0] for part in ranges[:-1]] == cuts  # each cut is the last row of its range
+    # No range smaller than a page: 150 rows in ranges of 100 at least make two, not three.
+    assert len(source.split(whole[-151][0], 3)) == 1
+    assert source.split(whole[-1][0], 3) == []  # nothing left to pull: nothing to cut
+
+
 def test_a_page_after_a_cursor_seeks_the_cursor_index(dossier_conn_str: str) -> None:
     """Keyset pages stay as cheap at the end of a million-row table as at its start only if the
     database starts each one at the cursor in its index, rather than walking up to it."""

@@ -122,6 +122,17 @@ class Source(Protocol):
     def probe(self) -> Probe: ...
 
 
+@runtime_checkable
+class SplitSource(Source, Protocol):
+    """A source that can cut a run into ranges read apart (by several workers at once): a table
+    with a (cursor, key) index. A paged API has no such seek, so it is read in one pass."""
+
+    def split(self, after: Cursor | None, ranges: int) -> list[Cursor]: ...
+
+    def read(self, after: Cursor | None, batch_size: int | None = None,
+             until: Cursor | None = None) -> Iterator[list[tuple[Cursor, dict[str, Any]]]]: ...
+
+
 def open_source(protocol: str, stream: Stream, conn_id: str) -> Source:
     """The source for a protocol; its module is imported only when that protocol is used."""
     if protocol == "odbc":
