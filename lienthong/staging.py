@@ -6,10 +6,12 @@ its input, so a later stage reads the parts it needs side by side. A part file i
 or absent: a retried task skips the parts it has and resumes at the first one missing.
 ``_done.json`` marks a finished stage with its counts.
 
-After extract, a run's parts are split once into contiguous partitions (``_partitions.json``);
-the later stages can run one task per partition (Airflow's dynamic task mapping, spread over
-Celery workers), each marking its partition done (``_done.p00000.json``). Whichever partition
-finishes last sees them all and marks the whole stage. ``outcomes/`` holds each record's outcome,
+After extract, a run's parts are split once into contiguous partitions (``_partitions.json``); a
+source that can cut its rows into ranges is instead cut before anything is pulled
+(``_ranges.json``), one partition a range, and each partition pulls its own range. The later
+stages can run one task per partition (Airflow's dynamic task mapping, spread over Celery
+workers), each marking its partition done (``_done.p00000.json``). Whichever partition finishes
+last sees them all and marks the whole stage. ``outcomes/`` holds each record's outcome,
 staged per pushed partition by the ``account`` task and by ``record`` for the rest.
 
 ``<staging>`` is an Airflow ``ObjectStoragePath``: a local folder embedded (``file://``), a bucket
@@ -36,6 +38,10 @@ if TYPE_CHECKING:
 STAGES = ("extract", "verify", "map", "gate", "sign", "push")
 
 LOCAL_PROTOCOLS = ("file", "local")
+
+# Part numbers a pull range may use: range k writes parts k * RANGE_PARTS onwards (500 million
+# dossiers a range at 500 a part).
+RANGE_PARTS = 1_000_000
 
 # Progress is written at most this often per partition of a stage (see StageDir.report_progress).
 PROGRESS_EVERY_S = 1.0
@@ -148,7 +154,8 @@ class StageDir:
         return self.folder.exists(_part_name(index))
 
     def parts(self) -> list[int]:
-        return [int(n[len("part-"):-len(".jsonl")]) for n in self.folder.names("part-", ".jsonl")]
+        """In pull order: by number, not by name (a range's parts start at RANGE_PARTS apart)."""
+        return sorted(int(n[len("part-"):-len(".jsonl")]) for n in self.folder.names("part-", ".jsonl"))
 
     def write_part(self, index: int, records: Iterable[dict[str, Any]]) -> int:
         """Serialised whole before anything is written: a source failing half-way through its
@@ -238,7 +245,8 @@ class RunStaging:
     def partitions(self, wanted: int = 1) -> list[list[int]]:
         """Extract's parts in at most ``wanted`` contiguous partitions, planned once per run, so
         every task and retry of the run (even under a changed setting) sees the same partitions.
-        There is always at least one, empty when nothing was pulled."""
+        There is always at least one, empty when nothing was pulled. A run cut into ranges has one
+        partition per range: the parts its range pulled so far."""
         planned = self.plan()
         if planned is not None:
             return planned
@@ -251,9 +259,29 @@ class RunStaging:
     def plan(self) -> list[list[int]] | None:
         """The partitions as planned, or None before extract planned them: for a reader that
         must not plan (a plan made before extract is done would leave out what it pulls next)."""
+        ranges = self.ranges()
+        if ranges is not None:
+            parts = self.stage("extract").parts()
+            return [[i for i in parts if k * RANGE_PARTS <= i < (k + 1) * RANGE_PARTS] for k in range(len(ranges))]
         if not self.folder.exists("_partitions.json"):
             return None
         return orjson.loads(self.folder.read("_partitions.json"))
+
+    def plan_ranges(self, ranges: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Cut the run's pull into ``ranges`` (each ``{"after": cursor, "until": cursor}``, as
+        dicts, ``None`` for no bound), once: a retried extract finds the first cut. Range ``k``
+        writes parts from ``k * RANGE_PARTS`` on, so the parts' numbers keep the pull order."""
+        planned = self.ranges()
+        if planned is not None:
+            return planned
+        self.folder.write("_ranges.json", orjson.dumps(ranges), durable=True)
+        return ranges
+
+    def ranges(self) -> list[dict[str, Any]] | None:
+        """The run's pull ranges, or None for a run pulled in one pass by extract."""
+        if not self.folder.exists("_ranges.json"):
+            return None
+        return orjson.loads(self.folder.read("_ranges.json"))
 
     def outcomes(self) -> StageDir:
         """Each record's outcome, staged for the settle (see ``lienthong.routes.stages.account``):

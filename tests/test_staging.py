@@ -34,6 +34,24 @@ def test_parts_are_complete_or_absent_and_read_back_in_order(staged_home: Settin
     assert [(i, len(rows)) for i, rows in stage.read_all()] == [(0, 300), (2, 3)]
 
 
+def test_a_run_cut_into_ranges_is_planned_once_and_its_partitions_are_the_parts_each_range_pulled(
+        staged_home: Settings) -> None:
+    """Range k numbers its parts from k * RANGE_PARTS: read in pull order by number, not by name
+    (``part-1000000`` sorts before ``part-99999`` as text)."""
+    run = RunStaging(staged_home.staging_dir, "r__ranges")
+    assert run.ranges() is None and run.plan() is None
+    cut = [{"after": None, "until": {"value": 5, "kind": "int", "key": "5"}},
+           {"after": {"value": 5, "kind": "int", "key": "5"}, "until": None}]
+    assert run.plan_ranges(cut) == cut
+    assert run.plan_ranges(list(reversed(cut))) == cut == run.ranges()  # a retried extract finds the first cut
+    assert run.partitions(5) == [[], []]  # one partition a range, whatever is asked, nothing pulled yet
+    extract = run.stage("extract")
+    for index in (staging.RANGE_PARTS, 99_999, 0, staging.RANGE_PARTS + 1):
+        extract.write_part(index, _records(1))
+    assert extract.parts() == [0, 99_999, staging.RANGE_PARTS, staging.RANGE_PARTS + 1]
+    assert run.plan() == run.partitions() == [[0, 99_999], [staging.RANGE_PARTS, staging.RANGE_PARTS + 1]]
+
+
 def test_a_part_reads_back_exactly_as_written_whatever_its_values_hold(staged_home: Settings) -> None:
     """A part is read as one JSON array made of its lines: a value holding newlines, commas or
     brackets must not split or join records, and an empty part is an empty list."""
