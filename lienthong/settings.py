@@ -24,11 +24,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # The DAG run conf key (and DAG param) with which one run asks for its own partition count.
 PARTITIONS_CONF_KEY = "partitions"
-# The most partitions one run may ask for. Each partition is one mapped task per stage (six),
+# The most partitions one run may ask for. Each partition is one mapped task per stage (seven),
 # each paying about a second of Airflow's task start-up, so partitions beyond the worker slots
 # only cost: 64 is a province's whole worker pool (16 machines of 4 slots), well under Airflow's
 # own limit on mapped tasks ([core] max_map_length, 1024), while a slip of the keyboard (1000) is
-# refused rather than queued as 6,000 task instances.
+# refused rather than queued as 7,000 task instances.
 MAX_PARTITIONS = 64
 
 

@@ -23,7 +23,7 @@ from tests.e2e import account_for_every_dossier, world
 
 pytestmark = pytest.mark.slow
 ROUTE = "stp_h40__dossiers"
-DOSSIERS = 1200  # three source pages of 500: three parts, one for each partition
+DOSSIERS = 1200  # cut into three ranges (500, 500 and 200 rows), one pulled by each partition
 
 
 def mapped_tasks(s: Settings, airflow_run_id: str) -> dict[str, set[tuple[int, str]]]:
@@ -61,5 +61,5 @@ def test_a_run_asked_for_three_partitions_maps_its_stages_over_three_and_settles
         assert run["counts"]["pulled"] == DOSSIERS and run["counts"]["pending"] == 0
         stages = mapped_tasks(w.settings, run["airflow_run_id"])
         assert stages == {f"partition.{name}": {(k, "success") for k in range(3)}
-                          for name in ("verify", "map", "gate", "sign", "push", "account")}, stages
+                          for name in ("pull", "verify", "map", "gate", "sign", "push", "account")}, stages
         account_for_every_dossier(w, ROUTE, [run["run_id"]])

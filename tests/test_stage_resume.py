@@ -16,8 +16,10 @@ import pytest
 from lienthong.audit import report
 from lienthong.audit import verify as audit_verify
 from lienthong.connectors import connection
+from lienthong.connectors.odbc import OdbcSource
 from lienthong.connectors.rest import PortalUnavailable
 from lienthong.routes import stages
+from lienthong.routes.route import get_route
 from lienthong.sandbox import population, portal, services
 from lienthong.sandbox.http import ServerThread
 from lienthong.settings import Settings
@@ -137,15 +139,25 @@ def test_partitions_of_a_run_go_through_the_stages_in_any_order_and_every_record
     portal_app.healed = True
     monkeypatch.setenv("LIENTHONG_PARTITIONS", "3")
     run_id = stages.run_id_for(ROUTE, "manual__partitions")
-    stages.extract(ROUTE, run_id)
+    stages.extract(ROUTE, run_id)  # a database source: the run is cut into ranges, nothing pulled yet
     assert stages.partitions(run_id) == 3
     staging = RunStaging(staged_home.staging_dir, run_id)
-    plan = staging.partitions()
-    assert sorted(i for part in plan for i in part) == staging.stage("extract").parts()
+    extract = staging.stage("extract")
+    assert len(staging.ranges()) == 3 and extract.parts() == []
     monkeypatch.setenv("LIENTHONG_PARTITIONS", "2")  # a changed setting does not re-plan a run
+    stages.extract(ROUTE, run_id)
     assert stages.partitions(run_id) == 3
 
-    rows = [sum(len(staging.stage("extract").read_part(i)) for i in part) for part in plan]
+    for k in (2, 0, 1):
+        assert not extract.done
+        stages.pull(ROUTE, run_id, k)
+    plan = staging.partitions()
+    assert [i for part in plan for i in part] == extract.parts()
+    rows = [sum(len(extract.read_part(i)) for i in part) for part in plan]
+    assert rows == [500, 500, 200] and extract.counts() == {"records": 1200}
+    one_pass = OdbcSource.from_connection(get_route(ROUTE).stream).read(None)
+    assert [r["id"] for i in extract.parts() for r in extract.read_part(i)] == \
+        [str(row["id"]) for batch in one_pass for _, row in batch]
     for name, stage in (("verify", stages.verify), ("map", stages.map_records), ("gate", stages.gate_records),
                         ("sign", stages.sign), ("push", stages.push)):
         for k in (2, 0, 1):
@@ -170,3 +182,41 @@ def test_partitions_of_a_run_go_through_the_stages_in_any_order_and_every_record
     # Outcomes staged by account and by record alike hash into a tree whose proofs verify.
     assert {p.kind for p in report.verify(stages._ledger(), run_id, keys_dir=staged_home.keys_dir).problems} \
         <= {audit_verify.UNSTAMPED}
+
+
+def test_a_range_left_unpulled_holds_the_cursor_at_its_start_and_the_next_run_sends_nothing_twice(
+        staged_home: Settings, sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker of the middle partition dies before it pulls: what the others delivered is
+    settled, but the cursor may not pass the range nobody read."""
+    portal_app, url = sandbox
+    portal_app.healed = True
+    monkeypatch.setenv("LIENTHONG_PARTITIONS", "3")
+    first = stages.run_id_for(ROUTE, "manual__unpulled")
+    stages.extract(ROUTE, first)
+    staging = RunStaging(staged_home.staging_dir, first)
+    ranges = staging.ranges()
+    for stage in (stages.pull, stages.verify, stages.map_records, stages.gate_records, stages.sign, stages.push):
+        for k in (0, 2):
+            stage(ROUTE, first, k)
+    with pytest.raises(stages.RunIncomplete, match="range 2 of 3 was not pulled"):
+        stages.record(ROUTE, first)
+    ledger = stages._ledger()
+    settled = ledger.run(first)
+    assert settled["status"] == "failed" and settled["counts"]["pulled"] == 700 == (
+        settled["counts"]["acknowledged"] + settled["counts"]["quarantined"])
+    assert settled["cursor_after"] == ranges[1]["after"]  # the end of the first range, no further
+    delivered = portal.sandbox_stats(url)["dossiers"]
+    assert delivered == settled["counts"]["acknowledged"]
+
+    monkeypatch.setenv("LIENTHONG_PARTITIONS", "1")
+    second = stages.run_id_for(ROUTE, "manual__after_unpulled")
+    stages.extract(ROUTE, second)
+    for stage in (stages.pull, stages.verify, stages.map_records, stages.gate_records, stages.sign, stages.push):
+        stage(ROUTE, second)
+    again = stages.record(ROUTE, second)
+    # The middle range and the last one again: the last one's acknowledged records are not resent.
+    assert again["pulled"] == 700 and again["pending"] == 0
+    assert again["already_acknowledged"] == sum(1 for o in ledger.outcomes(first)[500:] if o["outcome"] == "acknowledged")
+    stats = portal.sandbox_stats(url)
+    assert stats["duplicates"] == 0
+    assert stats["dossiers"] == delivered + again["acknowledged"] - again["already_acknowledged"]

@@ -21,12 +21,13 @@ from lienthong.routes import stages
 
 # The route's stages in the order a DAG runs them, under the names the figures use.
 STAGES: tuple[tuple[str, Callable[[str, str], dict[str, Any]]], ...] = (
-    ("pull", stages.extract), ("verify", stages.verify), ("map", stages.map_records),
+    ("pull", stages.pull), ("verify", stages.verify), ("map", stages.map_records),
     ("gate", stages.gate_records), ("sign", stages.sign), ("push", stages.push), ("account", stages.account),
     ("record", stages.record),
 )
-# The stages a DAG maps over the run's partitions (extract plans them, record settles them all).
-PARTITIONED = ("verify", "map", "gate", "sign", "push", "account")
+# The stages a DAG maps over the run's partitions (extract, timed with pull, plans them and may
+# pull the run itself; record settles them all).
+PARTITIONED = ("pull", "verify", "map", "gate", "sign", "push", "account")
 
 
 @dataclass
@@ -71,6 +72,9 @@ def full_run(route_name: str, partitions: int = 1, sandbox_pids: Iterable[int] =
         for name, stage in STAGES:
             route_cpu, sandbox_cpu = route_cpu_s(), processes_cpu_s(sandbox_pids)
             start = time.perf_counter()
+            if name == "pull":  # the extract task: the run opened, pulled in one pass or cut into ranges
+                stages.extract(route_name, run_id)
+                planned = stages.partitions(run_id)
             if pool is not None and name in PARTITIONED:
                 jobs = [(name, route_name, run_id, k) for k in range(planned)]
                 workers.update((pid, (peak, used)) for pid, peak, used in pool.map(_run_partition, jobs))
@@ -78,8 +82,6 @@ def full_run(route_name: str, partitions: int = 1, sandbox_pids: Iterable[int] =
                 results[name] = stage(route_name, run_id)
             timings[name] = time.perf_counter() - start
             cpu[name] = {"route": route_cpu_s() - route_cpu, "sandbox": processes_cpu_s(sandbox_pids) - sandbox_cpu}
-            if name == "pull":
-                planned = stages.partitions(run_id)
             peaks[name] = round(peak_rss_mb() + sum(peak for peak, _ in workers.values()), 1)
     return Timing(results["record"]["pulled"], sum(timings.values()), timings, peaks, planned, cpu)
 

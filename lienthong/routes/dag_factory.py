@@ -4,7 +4,9 @@ Tasks pass each other a small reference (route, run id, partition), never record
 libraries (pyodbc, zeep, great-expectations, cryptography) load inside the tasks, not at parse time.
 The stages after extract form a task group mapped over the run's partitions, so a distributed
 deployment's workers take a partition each: as many as the run's conf asks (``{"partitions": N}``,
-the DAG param of that name), else ``LIENTHONG_PARTITIONS`` (1 by default).
+the DAG param of that name), else ``LIENTHONG_PARTITIONS`` (1 by default). The group starts with
+the partition's pull when extract cut the run into ranges (a database source), so that the pull is
+shared too; otherwise extract pulled it all and that task has nothing to do.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ DEFAULT_ARGS = {
 
 
 # task id -> the function of lienthong.routes.stages it runs, in order after extract.
-STAGE_TASKS = (("verify", "verify"), ("map", "map_records"), ("gate", "gate_records"),
+STAGE_TASKS = (("pull", "pull"), ("verify", "verify"), ("map", "map_records"), ("gate", "gate_records"),
                ("sign", "sign"), ("push", "push"), ("account", "account"))
 
 
@@ -44,7 +46,7 @@ def run_params() -> dict[str, Param]:
         None, type=["null", "integer"], minimum=1, maximum=MAX_PARTITIONS, title="Partitions",
         description=("How many partitions this run's stages after extract are split into, each a mapped task "
                      "a worker takes (about the workers' slots in all). Empty: the workers' LIENTHONG_PARTITIONS. "
-                     "Planned once, when extract ends: a retry keeps the first plan."))}
+                     "Planned once, by extract: a retry keeps the first plan."))}
 
 
 def _stage_task(route_name: str, task_id: str, function: str) -> Any:
@@ -88,7 +90,7 @@ def build_dag(route: Route) -> DAG:
 
             ref = ref_of(context)
             wanted = stages.requested_partitions(context["params"])  # refused before anything is pulled
-            stages.extract(name, ref["run_id"], context["dag"].dag_id, context["run_id"])
+            stages.extract(name, ref["run_id"], context["dag"].dag_id, context["run_id"], wanted)
             return [{**ref, "partition": k} for k in range(stages.partitions(ref["run_id"], wanted))]
 
         @task_group(group_id="partition")

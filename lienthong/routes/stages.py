@@ -11,12 +11,13 @@ import datetime as dt
 import functools
 import gc
 import itertools
+import math
 import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from typing import Any, Callable, Iterator, Mapping, ParamSpec, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, ParamSpec, TypeVar
 
 from lienthong.audit.ledger import (ACKNOWLEDGED, FAILED, PENDING, QUARANTINED, SUCCESS, Ledger, outcome_leaf)
 from lienthong.audit.manifest import platform_sealer, route_facts
@@ -30,7 +31,7 @@ from lienthong.signing.canonical import content_hash
 from lienthong.signing.jws import signer_thumbprint
 from lienthong.signing.merkle import LeafSpool
 from lienthong.signing.records import SIGNATURE, VERSION, seal_batch
-from lienthong.staging import STAGES, RunStaging, StageDir, purge_route
+from lienthong.staging import RANGE_PARTS, STAGES, RunStaging, StageDir, purge_route
 
 log = get_logger(__name__)
 
@@ -101,22 +102,75 @@ def _ledger() -> Ledger:
 
 
 @_stage
-def extract(route_name: str, run_id: str, dag_id: str | None = None, airflow_run_id: str | None = None) -> dict[str, Any]:
-    from lienthong.connectors.sources import open_source
+def extract(route_name: str, run_id: str, dag_id: str | None = None, airflow_run_id: str | None = None,
+            wanted: int | None = None) -> dict[str, Any]:
+    """Open the run and pull its window in one pass or, when it is to run in several partitions
+    (``wanted``, else the setting) and its source can cut its rows into ranges, cut it into one
+    range a partition for :func:`pull`: the pull is then shared by the workers, as the rest is."""
+    from lienthong.connectors.sources import SplitSource, open_source
 
     route = get_route(route_name)
     ledger = _ledger()
     if ledger.run(run_id) is None:  # this run's first attempt, not a retry of its extract
         settle_abandoned(route.name, ledger)
     ledger.start_run(run_id, route.name, dag_id, airflow_run_id, ledger.cursor(route.name))
-    stage = _staging(run_id).stage("extract")
+    staging = _staging(run_id)
+    stage = staging.stage("extract")
     if stage.done:
         return stage.counts()
-    after = _resume_point(stage) or _cursor_before(ledger, run_id)
-    index = len(stage.parts())
-    pulled = sum(len(stage.read_part(i)) for i in stage.parts())
+    if (ranges := staging.ranges()) is not None:
+        return {"ranges": len(ranges)}
     source = open_source(route.protocol, route.stream, route.source_conn)
-    for batch in source.read(after):
+    before = _cursor_before(ledger, run_id)
+    partitions = wanted or settings().partitions
+    if partitions > 1 and isinstance(source, SplitSource) and not stage.parts():
+        if cuts := source.split(before, partitions):
+            bounds = [before, *cuts, None]
+            ranges = staging.plan_ranges([{"after": _dumped(a), "until": _dumped(u)} for a, u in zip(bounds, bounds[1:])])
+            log.info("run %s: cut into %d ranges, each pulled by its partition", run_id, len(ranges))
+            return {"ranges": len(ranges)}
+    parts = stage.parts()
+    counts = _pull_into(route, stage, source.read(_resume_point(stage, parts) or before), parts, 0,
+                        stage.report_progress)
+    stage.mark_done(counts)
+    log.info("run %s: pulled %d records in %d parts", run_id, counts["records"], len(stage.parts()))
+    return counts
+
+
+@_stage
+def pull(route_name: str, run_id: str, partition: int | None = None) -> dict[str, Any]:
+    """Pull the ranges :func:`extract` cut the run into: one partition's, or every one in turn.
+    A run extract pulled in one pass has nothing left to pull."""
+    from lienthong.connectors.sources import open_source
+
+    route = get_route(route_name)
+    staging = _staging(run_id)
+    stage = staging.stage("extract")
+    ranges = staging.ranges()
+    if ranges is None:
+        if not stage.done:
+            raise RuntimeError(f"run {run_id}: extract has neither pulled the run nor cut it into ranges")
+        return stage.counts()
+    source = open_source(route.protocol, route.stream, route.source_conn)
+
+    def pull_range(k: int, parts: list[int], report: Report) -> dict[str, Any]:
+        """Range ``k``, resumed after its last part if a previous attempt wrote some."""
+        after, until = (Cursor.model_validate(ranges[k][b]) if ranges[k][b] else None for b in ("after", "until"))
+        batches = source.read(_resume_point(stage, parts) or after, until=until)
+        return _pull_into(route, stage, batches, parts, k * RANGE_PARTS, report)
+
+    for k in range(len(ranges)) if partition is None else (partition,):
+        _by_partition(staging, stage, k, functools.partial(pull_range, k))
+    return stage.counts() if partition is None else stage.partition_counts(partition)
+
+
+def _pull_into(route: Route, stage: StageDir, batches: Iterable[list[tuple[Cursor, dict[str, Any]]]],
+               parts: list[int], first: int, report: Report) -> dict[str, Any]:
+    """Each batch as one part of extract, numbered on after ``parts`` (what a previous attempt
+    wrote, counted in) or from ``first``: each row with its cursor and the hash of what was read."""
+    index = parts[-1] + 1 if parts else first
+    pulled = sum(len(stage.read_part(i)) for i in parts)
+    for batch in batches:
         stage.write_part(index, (
             {"id": str(row[route.stream.primary_key]), "cursor": cursor.model_dump(),
              "source_hash": content_hash(row), "row": row}
@@ -124,18 +178,20 @@ def extract(route_name: str, run_id: str, dag_id: str | None = None, airflow_run
         ))
         index += 1
         pulled += len(batch)
-        stage.report_progress({"records": pulled})
-    counts = {"records": pulled}
-    stage.mark_done(counts)
-    log.info("run %s: pulled %d records in %d parts", run_id, pulled, index)
-    return counts
+        report({"records": pulled})
+    return {"records": pulled}
+
+
+def _dumped(cursor: Cursor | None) -> dict[str, Any] | None:
+    return cursor.model_dump() if cursor else None
 
 
 def partitions(run_id: str, wanted: int | None = None) -> int:
-    """How many partitions the stages after extract run in: planned once, after extract, into
+    """How many partitions the stages after extract run in: planned once, by extract, into
     ``wanted`` (the run's own count, see :func:`requested_partitions`) or else the setting
-    (``LIENTHONG_PARTITIONS``). A retried extract, or a worker with another setting, finds the
-    first plan, whatever it asks for: partitions already worked must keep their parts."""
+    (``LIENTHONG_PARTITIONS``), one a range if extract cut the run into ranges. A retried
+    extract, or a worker with another setting, finds the first plan, whatever it asks for:
+    partitions already worked must keep their parts."""
     return len(_staging(run_id).partitions(wanted or settings().partitions))
 
 
@@ -188,11 +244,9 @@ def _cursor_before(ledger: Ledger, run_id: str) -> Cursor | None:
     return Cursor.model_validate(value) if value else None
 
 
-def _resume_point(stage: Any) -> Cursor | None:
-    parts = stage.parts()
-    if not parts:
-        return None
-    last = stage.read_part(parts[-1])
+def _resume_point(stage: StageDir, parts: list[int]) -> Cursor | None:
+    """The position after the last of ``parts`` (those a previous attempt pulled), if any."""
+    last = stage.read_part(parts[-1]) if parts else None
     return Cursor.model_validate(last[-1]["cursor"]) if last else None
 
 
@@ -446,15 +500,18 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
     counts = dict.fromkeys(("pulled", "quarantined", "pushed", "acknowledged", "already_acknowledged",
                             "duplicates", "rejected", "pending"), 0)
     reasons: dict[str, int] = {}
+    unpulled = _first_unpulled_part(staging)
     with LeafSpool() as leaves:  # what stays of each outcome until the settle: its leaf hash, on disk
-        for outcome in outcomes.every():
-            leaves.add(bytes.fromhex(outcome["leaf"]))  # the settle checks each against its outcome
-            counts["pulled"] += 1
-            _count(counts, reasons, outcome)
-            if outcome["outcome"] == PENDING:
-                stuck = True
-            elif not stuck:
-                settled_cursor = outcome["cursor"]
+        for index, part in outcomes.parts():
+            stuck = stuck or index >= unpulled
+            for outcome in part:
+                leaves.add(bytes.fromhex(outcome["leaf"]))  # the settle checks each against its outcome
+                counts["pulled"] += 1
+                _count(counts, reasons, outcome)
+                if outcome["outcome"] == PENDING:
+                    stuck = True
+                elif not stuck:
+                    settled_cursor = outcome["cursor"]
         done = {name: staging.stage(name) for name in STAGES if staging.stage(name).done}
         counts["stages"] = {name: stage.counts() for name, stage in done.items()}
         complete = len(done) == len(STAGES)
@@ -466,9 +523,11 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
     if status == SUCCESS:
         purge_route(settings().staging_dir, route.name)
         return {"run_id": run_id, "status": status, **counts}
+    unread = f"; range {unpulled // RANGE_PARTS} of {len(staging.ranges() or [])} was not pulled to its end, " \
+        "so the next run pulls again from there" if unpulled != math.inf else ""
     raise RunIncomplete(
         f"run {run_id}: {counts['pending']} of {counts['pulled']} records pending"
-        f"{'' if complete else ' (a stage did not finish)'}; they are pulled again by the next run")
+        f"{'' if complete else ' (a stage did not finish)'}; they are pulled again by the next run{unread}")
 
 
 class _RunOutcomes:
@@ -496,14 +555,23 @@ class _RunOutcomes:
         self.stage.write_part(index, outcomes)
         return outcomes
 
-    def every(self) -> Iterator[dict[str, Any]]:
-        """Every pulled record's outcome, in pull order, one part in memory at a time: as
+    def parts(self) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        """Every pulled record's outcome, in pull order, a part at a time with its number: as
         :func:`account` staged it for an accounted partition, computed (and staged) now for any
         other, so that what the settle reads again is always what this pass counted."""
         plan = self.staging.plan() or []
         accounted = {index for k, part in enumerate(plan) if self.stage.partition_done(k) for index in part}
         for index in self.stages["extract"].parts():
-            yield from self.stage.read_part(index) if index in accounted else self.compute(index)
+            yield index, self.stage.read_part(index) if index in accounted else self.compute(index)
+
+
+def _first_unpulled_part(staging: RunStaging) -> float:
+    """The number of the first part that may not move the cursor: that of the range after the
+    first range not pulled to its end, whose own pulled records come before anything unread. A
+    run pulled in one pass either pulled everything or ran nothing after extract."""
+    ranges = staging.ranges() or []
+    extract = staging.stage("extract")
+    return next(((k + 1) * RANGE_PARTS for k in range(len(ranges)) if not extract.partition_done(k)), math.inf)
 
 
 class _StagedOutcomes:
