@@ -283,7 +283,7 @@ def test_the_dag_folder_holds_one_dag_per_approved_stream(registry: Registry, ho
     assert bag["errors"] == {}
     assert set(bag["dags"]) == {"stp_h40__dossiers", "stp_h40__status", "hql_h40__dossiers"}
     assert bag["dags"]["stp_h40__status"]["schedule"] == "*/5 * * * *"
-    assert bag["dags"]["hql_h40__dossiers"] == {"schedule": "*/15 * * * *", "retries": 2, "tasks": 8}
+    assert bag["dags"]["hql_h40__dossiers"] == {"schedule": "*/15 * * * *", "retries": 2, "tasks": 9}
 
 
 @pytest.mark.slow

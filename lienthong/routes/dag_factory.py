@@ -85,7 +85,8 @@ def build_dag(route: Route) -> DAG:
 
         @task(task_id="extract")
         def extract(**context: Any) -> list[dict[str, Any]]:
-            """One reference per partition of what it pulled: what the stage group is mapped over."""
+            """One reference per partition of the run (of what it pulled, or of its ranges): what the
+            stage group is mapped over."""
             from lienthong.routes import stages
 
             ref = ref_of(context)
