@@ -155,7 +155,7 @@ class OdbcSource:
         """The positions that cut the rows after ``after`` into at most ``ranges`` ranges of about
         equal size, each the last row of its range: so that several workers pull one run at once.
 
-        Two cheap queries and one per cut (an offset in the (cursor, key) index); rows written
+        A count, then one query a cut (an offset in the (cursor, key) index); rows written
         after the cut land after the last cut, where the last range, which has no end, reads them
         as a single pull would. No range is smaller than a page (one part), as a run pulled in one
         pass is not split into partitions of less than a part."""
