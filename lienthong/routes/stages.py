@@ -122,14 +122,14 @@ def extract(route_name: str, run_id: str, dag_id: str | None = None, airflow_run
         return {"ranges": len(ranges)}
     source = open_source(route.protocol, route.stream, route.source_conn)
     before = _cursor_before(ledger, run_id)
-    partitions = wanted or settings().partitions
-    if partitions > 1 and isinstance(source, SplitSource) and not stage.parts():
+    partitions, parts = wanted or settings().partitions, stage.parts()  # parts: a retry's, pulled in one pass
+    if partitions > 1 and isinstance(source, SplitSource) and not parts:
         if cuts := source.split(before, partitions):
             bounds = [before, *cuts, None]
-            ranges = staging.plan_ranges([{"after": _dumped(a), "until": _dumped(u)} for a, u in zip(bounds, bounds[1:])])
+            ranges = staging.plan_ranges([{"after": _dumped(a), "until": _dumped(u)}
+                                          for a, u in zip(bounds, bounds[1:])])
             log.info("run %s: cut into %d ranges, each pulled by its partition", run_id, len(ranges))
             return {"ranges": len(ranges)}
-    parts = stage.parts()
     counts = _pull_into(route, stage, source.read(_resume_point(stage, parts) or before), parts, 0,
                         stage.report_progress)
     stage.mark_done(counts)
