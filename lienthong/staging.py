@@ -40,7 +40,7 @@ STAGES = ("extract", "verify", "map", "gate", "sign", "push")
 LOCAL_PROTOCOLS = ("file", "local")
 
 # Part numbers a pull range may use: range k writes parts k * RANGE_PARTS onwards (500 million
-# dossiers a range at 500 a part).
+# dossiers a range at 500 a part); a pull that needs more stops (lienthong.routes.stages.RangeFull).
 RANGE_PARTS = 1_000_000
 
 # Progress is written at most this often per partition of a stage (see StageDir.report_progress).

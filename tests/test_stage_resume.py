@@ -24,6 +24,7 @@ from lienthong.sandbox import population, portal, services
 from lienthong.sandbox.http import ServerThread
 from lienthong.settings import Settings
 from lienthong.signing.keys import init_keys, load_trust_store
+from lienthong import staging as staging_module
 from lienthong.staging import RunStaging
 from tests.conftest import sqlite_connection_string
 from tests.e2e import approve_examples
@@ -182,6 +183,30 @@ def test_partitions_of_a_run_go_through_the_stages_in_any_order_and_every_record
     # Outcomes staged by account and by record alike hash into a tree whose proofs verify.
     assert {p.kind for p in report.verify(stages._ledger(), run_id, keys_dir=staged_home.keys_dir).problems} \
         <= {audit_verify.UNSTAMPED}
+
+
+def test_a_range_with_more_rows_than_its_part_numbers_stops_before_the_next_ranges_parts(
+        staged_home: Settings, sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A range may write RANGE_PARTS parts (here one, so that two ranges of 600 rows overflow): the
+    part that would take the next range's number is not written, and the cursor stays put."""
+    monkeypatch.setattr(stages, "RANGE_PARTS", 1)
+    monkeypatch.setattr(staging_module, "RANGE_PARTS", 1)
+    monkeypatch.setenv("LIENTHONG_PARTITIONS", "2")
+    run_id = stages.run_id_for(ROUTE, "manual__range_full")
+    stages.extract(ROUTE, run_id)
+    for k in (0, 1):
+        with pytest.raises(stages.RangeFull, match=f"range {k + 1} of 2 holds more than 1 parts of up to 500 "
+                                                   "rows; run the backfill in more partitions"):
+            stages.pull(ROUTE, run_id, k)
+    extract = RunStaging(staged_home.staging_dir, run_id).stage("extract")
+    one_pass = [str(row["id"]) for batch in OdbcSource.from_connection(get_route(ROUTE).stream).read(None)
+                for _, row in batch]
+    assert extract.parts() == [0, 1]  # each range's first part, under its own number
+    assert [r["id"] for r in extract.read_part(0)] == one_pass[:500]
+    assert [r["id"] for r in extract.read_part(1)] == one_pass[600:1100]
+    with pytest.raises(stages.RunIncomplete, match="range 1 of 2 was not pulled to its end"):
+        stages.record(ROUTE, run_id)
+    assert stages._ledger().run(run_id)["cursor_after"] is None  # the next run pulls everything again
 
 
 def test_a_range_left_unpulled_holds_the_cursor_at_its_start_and_the_next_run_sends_nothing_twice(

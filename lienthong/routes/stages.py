@@ -157,20 +157,34 @@ def pull(route_name: str, run_id: str, partition: int | None = None) -> dict[str
         """Range ``k``, resumed after its last part if a previous attempt wrote some."""
         after, until = (Cursor.model_validate(ranges[k][b]) if ranges[k][b] else None for b in ("after", "until"))
         batches = source.read(_resume_point(stage, parts) or after, until=until)
-        return _pull_into(route, stage, batches, parts, k * RANGE_PARTS, report)
+        try:
+            return _pull_into(route, stage, batches, parts, k * RANGE_PARTS, report, room=RANGE_PARTS)
+        except RangeFull as exc:
+            raise RangeFull(f"run {run_id}: range {k + 1} of {len(ranges)} {exc}; run the backfill in more "
+                            "partitions, so that each range is smaller") from None
 
     for k in range(len(ranges)) if partition is None else (partition,):
         _by_partition(staging, stage, k, functools.partial(pull_range, k))
     return stage.counts() if partition is None else stage.partition_counts(partition)
 
 
+class RangeFull(RuntimeError):
+    """A range's rows need more parts than its numbers leave before the next range's."""
+
+
 def _pull_into(route: Route, stage: StageDir, batches: Iterable[list[tuple[Cursor, dict[str, Any]]]],
-               parts: list[int], first: int, report: Report) -> dict[str, Any]:
+               parts: list[int], first: int, report: Report, room: int | None = None) -> dict[str, Any]:
     """Each batch as one part of extract, numbered on after ``parts`` (what a previous attempt
-    wrote, counted in) or from ``first``: each row with its cursor and the hash of what was read."""
+    wrote, counted in) or from ``first``: each row with its cursor and the hash of what was read.
+
+    ``room``: how many part numbers there are from ``first`` on. A part past them would take the
+    next range's number, replacing its rows or being read as its; the pull stops before it
+    instead, and its range, not pulled to its end, holds the cursor back."""
     index = parts[-1] + 1 if parts else first
     pulled = sum(len(stage.read_part(i)) for i in parts)
     for batch in batches:
+        if room is not None and index >= first + room:
+            raise RangeFull(f"holds more than {room} parts of up to {route.stream.page_size} rows")
         stage.write_part(index, (
             {"id": str(row[route.stream.primary_key]), "cursor": cursor.model_dump(),
              "source_hash": content_hash(row), "row": row}
