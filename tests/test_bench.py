@@ -37,8 +37,13 @@ def test_bench_reports_every_figure_as_one_json_object(tmp_path):
     for side in ("route", "sandbox"):
         assert result["cpu_s"][side] == pytest.approx(sum(used[side] for used in result["stage_cpu_s"].values()),
                                                       abs=0.1)
+    for side in ("route", "sandbox"):
+        assert result["cpu_us_per_record"][side] == pytest.approx(result["cpu_s"][side] / 1200 * 1e6, abs=10)
+    # No run goes faster than its CPU allows on the cores it has (with the figures' rounding).
+    assert result["records_per_s"] <= result["cpu_bound_records_per_s"] * 1.01
     console = Console(record=True, width=200)  # the tables a person gets without --json
     show(result, console)
     text = console.export_text()
     assert all(name in text for name in result["stages"]) and "CPU s, sandbox" in text
     assert f"the sandbox's stand-ins {result['cpu_s']['sandbox']:,.1f} s" in text
+    assert f"at most {result['cpu_bound_records_per_s']:,.0f} records/s" in text

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from rich.console import Console
@@ -19,9 +18,11 @@ def show(result: dict[str, Any], console: Console) -> None:
         stages.add_row(name, f"{seconds:.2f}", f"{seconds / result['wall_s']:.0%}", f"{rate:,.0f}" if rate else "-",
                        f"{cpu['route']:.1f}", f"{cpu['sandbox']:.1f}")
     console.print(stages)
-    cpu = result["cpu_s"]
+    cpu, each = result["cpu_s"], result["cpu_us_per_record"]
     console.print(f"CPU: the route {cpu['route']:,.1f} s, the sandbox's stand-ins {cpu['sandbox']:,.1f} s, on "
-                  f"{os.cpu_count()} cores for {result['wall_s']:.1f} s")
+                  f"{result['cores']} cores for {result['wall_s']:.1f} s; a record costs the route "
+                  f"{each['route']:,.0f} µs and the stand-ins {each['sandbox']:,.0f} µs, so the cores allow at most "
+                  f"{result['cpu_bound_records_per_s']:,.0f} records/s")
     yardsticks = Table(title="against the yardsticks")
     for column in ("way", "records", "seconds", "records/s", "ratio"):
         yardsticks.add_column(column, justify="left" if column == "way" else "right")

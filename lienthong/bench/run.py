@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -52,6 +53,8 @@ def quiet() -> Iterator[None]:
 
 def figures(full: measure.Timing, naive: measure.Timing, floor: measure.Timing,
             idle: measure.Timing, services_peak_mb: float) -> dict[str, Any]:
+    cpu = {side: sum(used[side] for used in full.cpu_s.values()) for side in ("route", "sandbox")}
+    cores = os.cpu_count() or 1
     return {
         "records": full.records,
         "partitions": full.partitions,
@@ -63,7 +66,12 @@ def figures(full: measure.Timing, naive: measure.Timing, floor: measure.Timing,
         # CPU seconds, the route's own and the sandbox's stand-ins', which share the cores.
         "stage_cpu_s": {name: {side: round(seconds, 2) for side, seconds in used.items()}
                         for name, used in full.cpu_s.items()},
-        "cpu_s": {side: round(sum(used[side] for used in full.cpu_s.values()), 2) for side in ("route", "sandbox")},
+        "cpu_s": {side: round(seconds, 2) for side, seconds in cpu.items()},
+        "cpu_us_per_record": {side: round(seconds / full.records * 1e6, 1) for side, seconds in cpu.items()},
+        # The most records a second the cores could give at that cost, were they never idle: a
+        # throughput target above it needs less CPU a record, not more overlap.
+        "cores": cores,
+        "cpu_bound_records_per_s": round(cores * full.records / sum(cpu.values()), 1),
         # The hub and, while the route ran, its partition processes: they run at the same time.
         "peak_rss_mb": max(round(measure.peak_rss_mb(), 1), *full.peak_rss_mb_after.values()),
         "peak_rss_mb_after_stage": full.peak_rss_mb_after,
