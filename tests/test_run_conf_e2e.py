@@ -1,12 +1,13 @@
 """A DAG run that asks for its own partition count in its conf (``lienthong run --partitions``),
 through Airflow (``dag.test()`` with the run's conf, as a trigger or a backfill gives it), with
-the workers' setting left at one: its stages are mapped over that many partitions and every
-record settles. A bad count pulls nothing: Airflow makes no run of a conf its schema refuses,
+the workers' setting left at one: its stages are mapped over that many partitions, each pulling
+its own range of the source, and every record settles. A bad count pulls nothing: Airflow makes no run of a conf its schema refuses,
 and extract refuses the rest."""
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections import defaultdict
 from pathlib import Path
@@ -62,4 +63,10 @@ def test_a_run_asked_for_three_partitions_maps_its_stages_over_three_and_settles
         stages = mapped_tasks(w.settings, run["airflow_run_id"])
         assert stages == {f"partition.{name}": {(k, "success") for k in range(3)}
                           for name in ("pull", "verify", "map", "gate", "sign", "push", "account")}, stages
+        # Extract cut the run and each partition's pull task read its own range (a pull logs as
+        # the extract stage's partition), not one task the whole run.
+        log = max(w.settings.logs_dir.glob("run-*.log")).read_text()
+        assert f"run {run['run_id']}: cut into 3 ranges, each pulled by its partition" in log
+        pulled = re.findall(rf"run {re.escape(run['run_id'])}: extract, partition (\d) of 3: {{'records': (\d+)}}", log)
+        assert dict(pulled) == {"1": "500", "2": "500", "3": "200"}, pulled
         account_for_every_dossier(w, ROUTE, [run["run_id"]])
