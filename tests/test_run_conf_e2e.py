@@ -1,8 +1,8 @@
 """A DAG run that asks for its own partition count in its conf (``lienthong run --partitions``),
 through Airflow (``dag.test()`` with the run's conf, as a trigger or a backfill gives it), with
 the workers' setting left at one: its stages are mapped over that many partitions, each pulling
-its own range of the source, and every record settles. A bad count pulls nothing: Airflow makes no run of a conf its schema refuses,
-and extract refuses the rest."""
+its own range of the source, and every record settles. A bad count pulls nothing: Airflow makes
+no run of a conf its schema refuses, and extract refuses the rest."""
 
 from __future__ import annotations
 
