@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from lienthong import staging as staging_module
 from lienthong.audit import report
 from lienthong.audit import verify as audit_verify
 from lienthong.connectors import connection
@@ -24,7 +25,6 @@ from lienthong.sandbox import population, portal, services
 from lienthong.sandbox.http import ServerThread
 from lienthong.settings import Settings
 from lienthong.signing.keys import init_keys, load_trust_store
-from lienthong import staging as staging_module
 from lienthong.staging import RunStaging
 from tests.conftest import sqlite_connection_string
 from tests.e2e import approve_examples
