@@ -11,7 +11,6 @@ import datetime as dt
 import functools
 import gc
 import itertools
-import math
 import re
 import threading
 import time
@@ -514,10 +513,12 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
     counts = dict.fromkeys(("pulled", "quarantined", "pushed", "acknowledged", "already_acknowledged",
                             "duplicates", "rejected", "pending"), 0)
     reasons: dict[str, int] = {}
-    unpulled = _first_unpulled_part(staging)
+    unpulled = _first_unpulled_range(staging)
+    # Parts from the range after it on may not move the cursor: what they hold comes after rows unread.
+    held_from = (unpulled[0] + 1) * RANGE_PARTS if unpulled else None
     with LeafSpool() as leaves:  # what stays of each outcome until the settle: its leaf hash, on disk
         for index, part in outcomes.parts():
-            stuck = stuck or index >= unpulled
+            stuck = stuck or (held_from is not None and index >= held_from)
             for outcome in part:
                 leaves.add(bytes.fromhex(outcome["leaf"]))  # the settle checks each against its outcome
                 counts["pulled"] += 1
@@ -537,8 +538,8 @@ def record(route_name: str, run_id: str) -> dict[str, Any]:
     if status == SUCCESS:
         purge_route(settings().staging_dir, route.name)
         return {"run_id": run_id, "status": status, **counts}
-    unread = f"; range {unpulled // RANGE_PARTS} of {len(staging.ranges() or [])} was not pulled to its end, " \
-        "so the next run pulls again from there" if unpulled != math.inf else ""
+    unread = f"; range {unpulled[0] + 1} of {unpulled[1]} was not pulled to its end, " \
+        "so the next run pulls again from there" if unpulled else ""
     raise RunIncomplete(
         f"run {run_id}: {counts['pending']} of {counts['pulled']} records pending"
         f"{'' if complete else ' (a stage did not finish)'}; they are pulled again by the next run{unread}")
@@ -579,13 +580,13 @@ class _RunOutcomes:
             yield index, self.stage.read_part(index) if index in accounted else self.compute(index)
 
 
-def _first_unpulled_part(staging: RunStaging) -> float:
-    """The number of the first part that may not move the cursor: that of the range after the
-    first range not pulled to its end, whose own pulled records come before anything unread. A
-    run pulled in one pass either pulled everything or ran nothing after extract."""
+def _first_unpulled_range(staging: RunStaging) -> tuple[int, int] | None:
+    """The first range not pulled to its end, as (its index, how many ranges the run has), or None.
+    Its own pulled records come before anything unread, so they may still move the cursor. A run
+    pulled in one pass either pulled everything or ran nothing after extract."""
     ranges = staging.ranges() or []
     extract = staging.stage("extract")
-    return next(((k + 1) * RANGE_PARTS for k in range(len(ranges)) if not extract.partition_done(k)), math.inf)
+    return next(((k, len(ranges)) for k in range(len(ranges)) if not extract.partition_done(k)), None)
 
 
 class _StagedOutcomes:
