@@ -237,6 +237,21 @@ def test_a_rate_limit_keeps_calls_within_the_service_quota(db: Path) -> None:
     assert elapsed >= 39 / 15
 
 
+def test_loading_the_service_description_takes_its_slots_as_calls_do(db: Path) -> None:
+    """The service counts requests, the WSDL's GET among them: the connection test's load, the
+    verifier's own load and its one call are three requests at four a second, so the third waits
+    two intervals (unpaced, both loads went at once, one over the pace each time a task began)."""
+    with serve(db) as (server, probe):
+        paced = PopulationVerifier(wsdl(server), batch_size=10, rate_limit=4, **FAST)
+        start = time.monotonic()
+        paced.check()
+        results = paced.verify([subject(c) for c in crowd(10)])
+        elapsed = time.monotonic() - start
+    assert [r.status for r in results] == ["match"] * 10
+    assert probe.statuses() == [200]
+    assert elapsed >= 2 / 4
+
+
 # Calls a second for the deployment, against the service's 20; calls each process makes. The margin
 # is wide because the server stamps a request when its thread gets to it: on a loaded machine the
 # test process is starved, takes in requests that waited in a bunch, and counted 21 in a second at 15.

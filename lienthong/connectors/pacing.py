@@ -2,7 +2,8 @@
 
 The population database, like most national services, allots each agency so many calls a
 second; going over earns 429s and, kept up, a blocked account. Backoff only reacts once the
-quota is hit, so calls (retries included) are spaced to the quota before they are sent.
+quota is hit, so requests (retries, and loading the service description, included) are spaced
+to the quota before they are sent.
 
 The quota is the agency's, so the spacing is the deployment's: a pacer built on the state
 database (:class:`SharedSlots`, what a verifier built from an Airflow connection uses) shares one
@@ -28,8 +29,10 @@ from __future__ import annotations
 import threading
 import time
 from functools import cached_property
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
+from requests import PreparedRequest, Response
+from requests.adapters import HTTPAdapter
 from sqlalchemy import Column, Float, MetaData, String, Table, case, insert, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -141,3 +144,17 @@ class Pacer:
         start = self.slots.take(now, self.interval)
         if start > now:
             time.sleep(start - now)
+
+
+class PacedAdapter(HTTPAdapter):
+    """Every request a session sends through it waits for its slot: the service counts requests,
+    not operations, so the service description, its schemas, retries and redirects use the quota
+    as calls do."""
+
+    def __init__(self, pacer: Pacer, **pool: Any) -> None:
+        super().__init__(**pool)
+        self.pacer = pacer
+
+    def send(self, request: PreparedRequest, *args: Any, **kwargs: Any) -> Response:
+        self.pacer.wait()
+        return super().send(request, *args, **kwargs)

@@ -15,13 +15,12 @@ import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal, Sequence
 from urllib.parse import urlparse
 
 import requests
 import zeep
 from lxml import etree
-from requests.adapters import HTTPAdapter
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 from zeep.exceptions import (DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden, Fault, TransportError,
                              UnexpectedElementError, ValidationError, XMLParseError, XMLSyntaxError)
@@ -31,7 +30,7 @@ from zeep.transports import Transport
 
 from lienthong.connectors.answers import MAX_ANSWER_BYTES, BadAnswer, read_body
 from lienthong.connectors.connection import POPULATION, base_url, get_connection
-from lienthong.connectors.pacing import Pacer, SharedSlots, Slots
+from lienthong.connectors.pacing import PacedAdapter, Pacer, SharedSlots, Slots
 from lienthong.connectors.remembered import Remembered
 from lienthong.logs import get_logger
 from lienthong.settings import settings
@@ -370,8 +369,9 @@ class PopulationVerifier:
                  max_attempts: int = 5, backoff: float = 0.5, max_backoff: float = 8,
                  cache_size: int = 200_000, max_answer_bytes: int = MAX_ANSWER_BYTES,
                  rate_limit: float | None = None, slots: Slots | None = None) -> None:
-        """``rate_limit``: calls a second, retries included, kept by every client sharing ``slots``
-        (the state database's when built from a connection); without ``slots``, by this one alone."""
+        """``rate_limit``: requests a second (calls, retries and the WSDL's loading), kept by every
+        client sharing ``slots`` (the state database's when built from a connection); without
+        ``slots``, by this one alone."""
         if not 1 <= batch_size <= 100:
             raise ValueError("batch_size must be between 1 and 100, the service's limit")
         self.wsdl_url = wsdl_url
@@ -383,7 +383,7 @@ class PopulationVerifier:
         self.max_answer_bytes = max_answer_bytes
         self.pacer = Pacer(rate_limit, slots)
         self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.concurrency)
+        adapter = PacedAdapter(self.pacer, pool_connections=1, pool_maxsize=self.concurrency)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._call: BatchCall | None = None
@@ -395,9 +395,9 @@ class PopulationVerifier:
     def from_connection(cls, conn_id: str = POPULATION) -> "PopulationVerifier":
         """``extra`` may set path (default ``/population``), concurrency, batch_size, timeout, max_attempts,
         max_answer_bytes, cache_size (at most this many answers remembered, ~140 bytes each; default
-        200,000), rate_limit (calls a second, retries included; default none). The rate limit is the
-        agency's quota, kept by the whole deployment: every client of ``conn_id`` takes its calls'
-        slots from one timetable in the state database."""
+        200,000), rate_limit (requests a second, the WSDL's loading and retries included; default
+        none). The rate limit is the agency's quota, kept by the whole deployment: every client of
+        ``conn_id`` takes its requests' slots from one timetable in the state database."""
         conn = get_connection(conn_id)
         extra = conn.extra_dejson
         options = {name: kind(extra[name]) for name, kind in (
@@ -463,17 +463,13 @@ class PopulationVerifier:
         request = [{"MaYeuCau": str(i), "SoDinhDanh": q.personal_id, "HoVaTen": q.full_name,
                     "NgaySinh": q.date_of_birth, "GioiTinh": q.gender} for i, q in enumerate(batch)]
         try:
-            reply = self._retrying()(self._paced, call, request)
+            reply = self._retrying()(call, request)
         except (ZeepError, requests.RequestException, BadAnswer) as exc:
             log.warning("batch of %d unavailable: %s", len(batch), _describe(exc))
             failed = Verification("unavailable", detail=f"population database did not answer: {_describe(exc)}")
             return {q.key: failed for q in batch}
         by_id = {r["MaYeuCau"]: r for r in reply or []}
         return {query.key: _verification(by_id.get(str(i))) for i, query in enumerate(batch)}
-
-    def _paced(self, operation: Callable[..., Any], *arguments: Any) -> Any:
-        self.pacer.wait()
-        return operation(*arguments)
 
     def _retrying(self) -> Retrying:
         return Retrying(
