@@ -119,11 +119,14 @@ def test_a_rate_limited_population_database_loses_nothing(tmp_path: Path, monkey
 
 def test_a_rate_limited_route_keeps_the_quota_through_the_state_database(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The connection's ``rate_limit`` under the service's quota: the verify stage books its calls
-    in the run's own state database (the ledger's), and the service turns none away."""
+    """The connection's ``rate_limit`` under the service's quota: the verify stage books its
+    requests (the WSDL's loading among them) in the run's own state database (the ledger's), and
+    the service turns none away. The margin is README's widest: the sandbox's service stamps a
+    request when its thread gets to it, and with three tests at once on two cores, 8 a second
+    against 10 once counted 11 in a second (the WSDL's loading was not paced then)."""
     with world(tmp_path / "home", 2000) as w:
         population = w.sandbox.connections()[connection.POPULATION]
-        _use(monkeypatch, w, connection.POPULATION, extra={**population["extra"], "rate_limit": 8})
+        _use(monkeypatch, w, connection.POPULATION, extra={**population["extra"], "rate_limit": 6})
         _faults(w, "population", quota_per_s=10)
         runs = _sync_until_settled()
         account_for_every_dossier(w, ROUTE, runs)
