@@ -4,6 +4,7 @@ processes, the way with more moving parts), one JSON object."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from numbers import Real
@@ -11,6 +12,7 @@ from numbers import Real
 import pytest
 from rich.console import Console
 
+from lienthong.bench.measure import usable_cores
 from lienthong.bench.report import show
 
 pytestmark = pytest.mark.slow  # the run with nothing new goes through Airflow
@@ -47,3 +49,16 @@ def test_bench_reports_every_figure_as_one_json_object(tmp_path):
     assert all(name in text for name in result["stages"]) and "CPU s, sandbox" in text
     assert f"the sandbox's stand-ins {result['cpu_s']['sandbox']:,.1f} s" in text
     assert f"at most {result['cpu_bound_records_per_s']:,.0f} records/s" in text
+
+
+@pytest.mark.parametrize(("cpu_max", "cores"), [
+    ("max 100000\n", 2.0), ("50000 100000\n", 0.5), ("400000 100000\n", 2.0), (None, 2.0)])
+def test_the_cpu_bound_counts_the_cores_the_quota_and_the_affinity_allow(
+        tmp_path, monkeypatch, cpu_max, cores):
+    """A container given half a core of a 2-core machine can never go past half a core's bound;
+    a quota above the cores this process may run on does not add any."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    limit = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        limit.write_text(cpu_max)
+    assert usable_cores(limit) == cores

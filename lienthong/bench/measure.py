@@ -204,6 +204,18 @@ def processes_peak_rss_mb(pids: Iterable[int]) -> float:
     return max(peaks, default=0) / 1024
 
 
+def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> float:
+    """The cores this process may keep busy: those it may run on, and no more than its cgroup's
+    CPU quota (a container's limit, ``cpu.max`` in cgroup v2), both of which ``os.cpu_count()``
+    ignores; a bound on the wrong count would read too high."""
+    cores = float(len(os.sched_getaffinity(0)))
+    try:
+        quota, period = cpu_max.read_text().split()
+    except (OSError, ValueError):  # no cgroup v2 here
+        return cores
+    return cores if quota == "max" else min(cores, int(quota) / int(period))
+
+
 def own_cpu_s() -> float:
     """This process's CPU seconds so far, every thread's, user and system."""
     import resource

@@ -20,7 +20,7 @@ def show(result: dict[str, Any], console: Console) -> None:
     console.print(stages)
     cpu, each = result["cpu_s"], result["cpu_us_per_record"]
     console.print(f"CPU: the route {cpu['route']:,.1f} s, the sandbox's stand-ins {cpu['sandbox']:,.1f} s, on "
-                  f"{result['cores']} cores for {result['wall_s']:.1f} s; a record costs the route "
+                  f"{result['cores']:g} cores for {result['wall_s']:.1f} s; a record costs the route "
                   f"{each['route']:,.0f} µs and the stand-ins {each['sandbox']:,.0f} µs, so the cores allow at most "
                   f"{result['cpu_bound_records_per_s']:,.0f} records/s")
     yardsticks = Table(title="against the yardsticks")

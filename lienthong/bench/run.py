@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -54,7 +53,7 @@ def quiet() -> Iterator[None]:
 def figures(full: measure.Timing, naive: measure.Timing, floor: measure.Timing,
             idle: measure.Timing, services_peak_mb: float) -> dict[str, Any]:
     cpu = {side: sum(used[side] for used in full.cpu_s.values()) for side in ("route", "sandbox")}
-    cores = os.cpu_count() or 1
+    cores = measure.usable_cores()
     return {
         "records": full.records,
         "partitions": full.partitions,
