@@ -1,5 +1,5 @@
 """``lienthong bench`` end to end on a small N: the real sandbox, the real route (in two partition
-processes, the way with more moving parts), one JSON object."""
+processes, the way with more moving parts), one JSON object; and the cores its CPU bound counts."""
 
 from __future__ import annotations
 
@@ -15,9 +15,7 @@ from rich.console import Console
 from lienthong.bench.measure import usable_cores
 from lienthong.bench.report import show
 
-pytestmark = pytest.mark.slow  # the run with nothing new goes through Airflow
-
-
+@pytest.mark.slow  # the run with nothing new goes through Airflow
 def test_bench_reports_every_figure_as_one_json_object(tmp_path):
     done = subprocess.run([sys.executable, "-m", "lienthong.cli", "bench", "--records", "1200", "--sample", "3",
                            "--partitions", "2", "--json", "--home", str(tmp_path / "home")],
