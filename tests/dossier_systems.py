@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import requests
 import yaml
 
-from lienthong.connectors.sources import Source
+from lienthong.connectors.sources import Source, open_source
 from lienthong.connectors.streams import Cursor, Stream
 from lienthong.mappings.engine import MappingEngine
 from lienthong.mappings.spec import MappingSpec, load
@@ -78,3 +82,37 @@ def assert_maps_good_dossiers(items: list[tuple[Cursor, dict[str, Any]]], spec: 
         assert mapped.errors == [], (row[code], mapped.errors)
         assert mapped.payload["MaHoSo"] == row[code]
         assert len(mapped.payload["TaiLieuNop"]) >= 1
+
+
+def assert_keeps_the_quota(system: str, stream: Stream, conn_id: str, monkeypatch: pytest.MonkeyPatch,
+                           answer: dict[str, str | None], code: str) -> None:
+    """Against a system turning away the 11th request in any second, a read of every dossier a page
+    of 50 at a time (a dozen requests in well under a second on loopback) runs into the quota
+    unpaced, and is only saved by its retries; built from a connection whose ``rate_limit`` is 6,
+    the same read has none turned away and takes the time the pace allows. Both read everything."""
+    conn = json.loads(os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"])
+    faults = f"http://{conn['host']}:{conn['port']}/_sandbox/faults"
+    paced_id = f"{conn_id}_{uuid.uuid4().hex[:8]}"  # a timetable of its own in the state database
+    tuning = {**conn.get("extra", {}), "max_attempts": 10}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({**conn, "extra": tuning}))
+    monkeypatch.setenv(f"AIRFLOW_CONN_{paced_id.upper()}", json.dumps({**conn, "extra": {**tuning, "rate_limit": 6}}))
+
+    def turned_away() -> int:
+        return requests.get(faults, timeout=5).json()["injected"].get("quota", 0)
+
+    requests.put(faults, json={"quota_per_s": 10}, timeout=5).raise_for_status()
+    try:
+        unpaced = pull(open_source(system, stream, conn_id), None, 50)
+        assert turned_away() > 0, "unpaced, the read went over the quota"
+        time.sleep(1)  # the quota's window empties
+        before = turned_away()
+        start = time.monotonic()
+        paced = pull(open_source(system, stream, paced_id), None, 50)
+        elapsed = time.monotonic() - start
+        assert turned_away() == before, "paced, none was turned away"
+    finally:
+        requests.put(faults, json={}, timeout=5).raise_for_status()
+    pages = -(-len(answer) // 50)  # the last answers "no more" on its own, or an empty page follows
+    assert elapsed >= (pages - 1) / 6
+    for items in (unpaced, paced):
+        assert sorted(row[code] for _, row in items) == sorted(answer)

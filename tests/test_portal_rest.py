@@ -322,3 +322,42 @@ def test_sink_from_the_airflow_connection(
         assert (sink.base_url, sink.batch_size, sink.timeout) == (server.url, 50, 5.0)
         sink.check()
         assert codes(sink.push([seal(dossier(1), signer)])) == [0]
+
+
+def test_sinks_from_a_rate_limited_connection_keep_the_portal_quota_between_them(
+    tmp_path: Path, signer: Signer, trust: TrustStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three sinks at once, as push's threads, against a portal turning away the 11th request in
+    any second: from a connection without ``rate_limit`` they run into the quota and are saved by
+    their retries; from one with ``rate_limit`` 6 they keep it together (one timetable in the state
+    database), none turned away, in the time the pace allows. Every record is stored once."""
+    monkeypatch.setenv("LIENTHONG_STATE_DB", f"sqlite:///{tmp_path / 'state.db'}")
+    records = [seal(dossier(n), signer) for n in range(1, 61)]
+    with portal(tmp_path / "portal.db", trust, faults=FaultConfig(quota_per_s=10)) as server:
+        def turned_away() -> int:
+            return requests.get(f"{server.url}/_sandbox/faults", timeout=5).json()["injected"].get("quota", 0)
+
+        def push_with(conn_id: str, **extra: Any) -> tuple[list[Ack], float]:
+            monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({
+                "conn_type": "http", "host": "127.0.0.1", "port": server.port, "schema": "http", "login": USERNAME,
+                "password": PASSWORD, "extra": {"batch_size": 5, "max_attempts": 10, "backoff_max": 1, **extra}}))
+
+            def one_sink(share: list[dict[str, Any]]) -> list[Ack]:
+                with PortalSink.from_connection(conn_id) as sink:  # logs in: one request, paced too
+                    return [ack for start in range(0, len(share), 5) for ack in sink.push(share[start:start + 5])]
+
+            start = time.monotonic()
+            with ThreadPoolExecutor(max_workers=3) as threads:
+                acks = [ack for share in threads.map(one_sink, [records[k::3] for k in range(3)]) for ack in share]
+            return acks, time.monotonic() - start
+
+        unpaced, _ = push_with("portal_unpaced")
+        assert turned_away() > 0, "unpaced, the sinks went over the quota"
+        time.sleep(1)  # the quota's window empties
+        before = turned_away()
+        paced, elapsed = push_with("portal_paced", rate_limit=6)
+        assert turned_away() == before, "paced, none was turned away"
+        stats = sandbox_stats(server.url)
+    assert [a.status for a in unpaced] == ["stored"] * 60 and [a.status for a in paced] == ["duplicate"] * 60
+    assert (stats["dossiers"], stats["versions"]) == (60, 60)
+    assert elapsed >= (3 + 12 - 1) / 6  # three logins and twelve batches, one interval apart

@@ -16,6 +16,7 @@ from lienthong.connectors.sources import open_source
 from lienthong.sandbox import seed, services
 from lienthong.settings import Settings
 from tests.dossier_systems import (
+    assert_keeps_the_quota,
     assert_maps_good_dossiers,
     assert_reads_every_dossier_once_in_order,
     assert_resumes_inside_a_tie,
@@ -94,3 +95,8 @@ def test_the_example_mapping_maps_every_good_dossier(commune: Settings) -> None:
     assert SPEC.problems_with(STREAM) == []
     items = pull(open_source("rest", STREAM, COMMUNE_REST), None, 200)
     assert_maps_good_dossiers(items, SPEC, services.answer_key(commune, "rest"), "code")
+
+
+def test_a_rate_limit_keeps_the_systems_quota_and_loses_nothing(
+        commune: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert_keeps_the_quota("rest", STREAM, COMMUNE_REST, monkeypatch, services.answer_key(commune, "rest"), "code")

@@ -15,6 +15,7 @@ from lienthong.connectors.sources import open_source
 from lienthong.sandbox import seed, services
 from lienthong.settings import Settings
 from tests.dossier_systems import (
+    assert_keeps_the_quota,
     assert_maps_good_dossiers,
     assert_reads_every_dossier_once_in_order,
     assert_resumes_inside_a_tie,
@@ -111,3 +112,8 @@ def test_the_district_service_refuses_bad_calls_with_a_soap_11_fault(
     assert response.headers["Content-Type"].startswith("text/xml")
     assert "<faultcode>soap:" in response.text and reason in response.text
     assert _call_district(_SOAP11.format(_LIST)).status_code == 200
+
+
+def test_a_rate_limit_keeps_the_systems_quota_and_loses_nothing(
+        district: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert_keeps_the_quota("soap", STREAM, DISTRICT_SOAP, monkeypatch, services.answer_key(district, "soap"), "MaHoSo")

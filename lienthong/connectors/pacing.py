@@ -3,7 +3,9 @@
 The population database, like most national services, allots each agency so many calls a
 second; going over earns 429s and, kept up, a blocked account. Backoff only reacts once the
 quota is hit, so requests (retries, and loading the service description, included) are spaced
-to the quota before they are sent.
+to the quota before they are sent. Every HTTP client built from a connection (the population
+verifier, the portal sink, the SOAP and REST sources) sends through a :func:`paced_session`,
+which waits only when the connection sets a ``rate_limit``.
 
 The quota is the agency's, so the spacing is the deployment's: a pacer built on the state
 database (:class:`SharedSlots`, what a verifier built from an Airflow connection uses) shares one
@@ -31,6 +33,7 @@ import time
 from functools import cached_property
 from typing import Any, Callable, Protocol
 
+import requests
 from requests import PreparedRequest, Response
 from requests.adapters import HTTPAdapter
 from sqlalchemy import Column, Float, MetaData, String, Table, case, insert, update
@@ -39,6 +42,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from lienthong.audit.ledger import engine
+from lienthong.settings import settings
 
 metadata = MetaData()
 
@@ -85,6 +89,12 @@ class SharedSlots:
 
     def __init__(self, url: str, name: str) -> None:
         self.url, self.name = url, name
+
+    @classmethod
+    def of_connection(cls, conn_id: str) -> "SharedSlots":
+        """The timetable of an Airflow connection's quota, in the deployment's state database: what a
+        client built from that connection paces by, whichever worker or machine builds it."""
+        return cls(settings().state_db_url, conn_id)
 
     def take(self, now: float, interval: float) -> float:
         """One statement, in autocommit: no lock is held between bookings, nor while a caller
@@ -158,3 +168,12 @@ class PacedAdapter(HTTPAdapter):
     def send(self, request: PreparedRequest, *args: Any, **kwargs: Any) -> Response:
         self.pacer.wait()
         return super().send(request, *args, **kwargs)
+
+
+def paced_session(pacer: Pacer, pool_maxsize: int = 10) -> requests.Session:
+    """A keep-alive session whose every request, to any host, waits for ``pacer``."""
+    session = requests.Session()
+    adapter = PacedAdapter(pacer, pool_connections=1, pool_maxsize=pool_maxsize)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session

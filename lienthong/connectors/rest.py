@@ -20,6 +20,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from lienthong.connectors.answers import MAX_ANSWER_BYTES, BadAnswer, json_body
 from lienthong.connectors.connection import PORTAL, base_url, get_connection
+from lienthong.connectors.pacing import Pacer, SharedSlots, Slots, paced_session
 from lienthong.logs import get_logger
 
 log = get_logger(__name__)
@@ -87,7 +88,11 @@ class PortalSink:
         backoff_initial: float = 0.5,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
         concurrency: int = 4,
+        rate_limit: float | None = None,
+        slots: Slots | None = None,
     ) -> None:
+        """``rate_limit``: requests a second (logins, calls and retries), kept by every sink sharing
+        ``slots``: the sinks of push's threads, partitions and workers, when built from a connection."""
         self.base_url = base_url.rstrip("/")
         self.concurrency = max(1, concurrency)
         self.max_answer_bytes = max_answer_bytes
@@ -95,7 +100,7 @@ class PortalSink:
         self.timeout = timeout
         self.max_attempts = max_attempts
         self._credentials = {"username": username, "password": password}
-        self._http = requests.Session()
+        self._http = paced_session(Pacer(rate_limit, slots))
         self._session: str | None = None
         self._retrying = Retrying(
             stop=stop_after_attempt(max_attempts),
@@ -107,13 +112,14 @@ class PortalSink:
 
     @classmethod
     def from_connection(cls, conn_id: str = PORTAL) -> "PortalSink":
-        """Endpoint and credentials from the Airflow connection; tuning from its extras."""
+        """Endpoint and credentials from the Airflow connection; tuning from its extras, the portal's
+        quota (``rate_limit``) kept by the whole deployment."""
         conn = get_connection(conn_id)
         extra = conn.extra_dejson
         casts = {"batch_size": int, "timeout": float, "max_attempts": int, "backoff_max": float,
-                 "backoff_initial": float, "max_answer_bytes": int, "concurrency": int}
+                 "backoff_initial": float, "max_answer_bytes": int, "concurrency": int, "rate_limit": float}
         tuning = {key: cast(extra[key]) for key, cast in casts.items() if key in extra}
-        return cls(base_url(conn), conn.login, conn.password, **tuning)
+        return cls(base_url(conn), conn.login, conn.password, **tuning, slots=SharedSlots.of_connection(conn_id))
 
     def push(self, batch: Sequence[dict[str, Any]], service: str = "DongBoHoSoMC") -> list[Ack]:
         """One batch of sealed records to a sync service (DongBoHoSoMC dossiers,

@@ -19,6 +19,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_rand
 
 from lienthong.connectors.answers import MAX_ANSWER_BYTES, BadAnswer, json_body
 from lienthong.connectors.connection import base_url, get_connection
+from lienthong.connectors.pacing import Pacer, SharedSlots, Slots, paced_session
 from lienthong.connectors.soap import is_transient
 from lienthong.connectors.sources import Probe, cursor_of, flatten, offered, paged
 from lienthong.connectors.streams import Cursor, Stream
@@ -43,14 +44,17 @@ class RestSource:
     """A stream over one REST resource, through one keep-alive session."""
 
     def __init__(self, base: str, stream: Stream, auth: AuthBase | None = None, timeout: float = 30,
-                 max_attempts: int = 5, max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
+                 max_attempts: int = 5, max_answer_bytes: int = MAX_ANSWER_BYTES,
+                 rate_limit: float | None = None, slots: Slots | None = None) -> None:
+        """``rate_limit``: requests a second (pages and retries), kept by every client sharing
+        ``slots``."""
         if not stream.resource:
             raise ValueError(f"stream {stream.name!r} names no REST resource")
         self.url = f"{base.rstrip('/')}{stream.resource}"
         self.stream = stream
         self.timeout = timeout
         self.max_answer_bytes = max_answer_bytes
-        self._session = requests.Session()
+        self._session = paced_session(Pacer(rate_limit, slots))
         self._session.auth = auth
         self._session.headers["Accept"] = "application/json"
         self._retrying = Retrying(stop=stop_after_attempt(max(1, max_attempts)),
@@ -59,7 +63,9 @@ class RestSource:
 
     @classmethod
     def from_connection(cls, stream: Stream, conn_id: str) -> "RestSource":
-        """login/password as HTTP Basic, or ``extra.auth: bearer`` to send the password as a token."""
+        """login/password as HTTP Basic, or ``extra.auth: bearer`` to send the password as a token;
+        ``extra``: timeout, max_attempts, max_answer_bytes, rate_limit (the system's quota, kept by
+        the whole deployment)."""
         conn = get_connection(conn_id)
         extra = conn.extra_dejson
         auth: AuthBase | None = None
@@ -68,8 +74,9 @@ class RestSource:
         elif conn.login:
             auth = HTTPBasicAuth(conn.login, conn.password or "")
         options = {name: kind(extra[name]) for name, kind in (
-            ("timeout", float), ("max_attempts", int), ("max_answer_bytes", int)) if name in extra}
-        return cls(base_url(conn), stream, auth, **options)
+            ("timeout", float), ("max_attempts", int), ("max_answer_bytes", int), ("rate_limit", float))
+            if name in extra}
+        return cls(base_url(conn), stream, auth, **options, slots=SharedSlots.of_connection(conn_id))
 
     def read(self, after: Cursor | None, batch_size: int | None = None
              ) -> Iterator[list[tuple[Cursor, dict[str, Any]]]]:

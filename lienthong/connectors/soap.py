@@ -30,10 +30,9 @@ from zeep.transports import Transport
 
 from lienthong.connectors.answers import MAX_ANSWER_BYTES, BadAnswer, read_body
 from lienthong.connectors.connection import POPULATION, base_url, get_connection
-from lienthong.connectors.pacing import PacedAdapter, Pacer, SharedSlots, Slots
+from lienthong.connectors.pacing import Pacer, SharedSlots, Slots, paced_session
 from lienthong.connectors.remembered import Remembered
 from lienthong.logs import get_logger
-from lienthong.settings import settings
 
 log = get_logger(__name__)
 
@@ -382,10 +381,7 @@ class PopulationVerifier:
         self.backoff, self.max_backoff = backoff, max_backoff
         self.max_answer_bytes = max_answer_bytes
         self.pacer = Pacer(rate_limit, slots)
-        self._session = requests.Session()
-        adapter = PacedAdapter(self.pacer, pool_connections=1, pool_maxsize=self.concurrency)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
+        self._session = paced_session(self.pacer, pool_maxsize=self.concurrency)
         self._call: BatchCall | None = None
         self._call_lock = threading.Lock()
         self._calls = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="population")
@@ -404,7 +400,7 @@ class PopulationVerifier:
             ("concurrency", int), ("batch_size", int), ("timeout", float), ("max_attempts", int),
             ("max_answer_bytes", int), ("cache_size", int), ("rate_limit", float)) if name in extra}
         return cls(f"{base_url(conn)}{extra.get('path', '/population')}?wsdl", **options,
-                   slots=SharedSlots(settings().state_db_url, conn_id))
+                   slots=SharedSlots.of_connection(conn_id))
 
     def check(self) -> list[str]:
         """Load the WSDL now, in one attempt, and name its operations: the connection test (raises on failure)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-import requests
 import zeep
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 from zeep.helpers import serialize_object
@@ -19,6 +18,7 @@ from zeep.xsd import ComplexType
 
 from lienthong.connectors.answers import MAX_ANSWER_BYTES
 from lienthong.connectors.connection import base_url, get_connection
+from lienthong.connectors.pacing import Pacer, SharedSlots, Slots, paced_session
 from lienthong.connectors.soap import is_transient, safe_client
 from lienthong.connectors.sources import Probe, cursor_of, flatten, paged
 from lienthong.connectors.streams import Cursor, Stream
@@ -32,7 +32,10 @@ class SoapSource:
     """A stream over one SOAP operation; the WSDL is loaded on first use, with retries."""
 
     def __init__(self, wsdl_url: str, stream: Stream, elements: dict[str, str] | None = None,
-                 timeout: float = 30, max_attempts: int = 5, max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
+                 timeout: float = 30, max_attempts: int = 5, max_answer_bytes: int = MAX_ANSWER_BYTES,
+                 rate_limit: float | None = None, slots: Slots | None = None) -> None:
+        """``rate_limit``: requests a second (pages, retries and the WSDL's loading), kept by every
+        client sharing ``slots``."""
         if not stream.operation:
             raise ValueError(f"stream {stream.name!r} names no SOAP operation")
         self.wsdl_url = wsdl_url
@@ -43,19 +46,21 @@ class SoapSource:
         self._retrying = Retrying(stop=stop_after_attempt(max(1, max_attempts)),
                                   wait=wait_random_exponential(multiplier=0.5, max=8),
                                   retry=retry_if_exception(is_transient), reraise=True)
-        self._session = requests.Session()
+        self._session = paced_session(Pacer(rate_limit, slots))
         self._client: zeep.Client | None = None
 
     @classmethod
     def from_connection(cls, stream: Stream, conn_id: str) -> "SoapSource":
         """``extra``: path of the endpoint (``?wsdl`` is added), element names, timeout, max_attempts,
-        max_answer_bytes."""
+        max_answer_bytes, rate_limit (the system's quota, kept by the whole deployment)."""
         conn = get_connection(conn_id)
         extra = conn.extra_dejson
         elements = {key: str(extra[key]) for key in ELEMENTS if key in extra}
         options = {name: kind(extra[name]) for name, kind in (
-            ("timeout", float), ("max_attempts", int), ("max_answer_bytes", int)) if name in extra}
-        return cls(f"{base_url(conn)}{extra.get('path', '/')}?wsdl", stream, elements, **options)
+            ("timeout", float), ("max_attempts", int), ("max_answer_bytes", int), ("rate_limit", float))
+            if name in extra}
+        return cls(f"{base_url(conn)}{extra.get('path', '/')}?wsdl", stream, elements, **options,
+                   slots=SharedSlots.of_connection(conn_id))
 
     def read(self, after: Cursor | None, batch_size: int | None = None
              ) -> Iterator[list[tuple[Cursor, dict[str, Any]]]]:
