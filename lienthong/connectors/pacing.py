@@ -19,11 +19,12 @@ Both keep one rule: the next free slot is one interval after the later of the la
 and now. A slot never starts before now, so a limiter left idle does not owe its callers a burst
 of the slots nobody took, and a worker that dies holding a reservation wastes that one slot only.
 
-Clocks. Shared slots are wall-clock seconds of the callers' machines: they assume the clocks of
-the deployment's machines agree (NTP) to well within one interval (tens of milliseconds at the
-quotas in use); two machines' calls can come closer than an interval by as much as their clocks
-disagree. A clock far ahead books slots as far ahead, so the other machines wait that much
-longer: a delay, never a burst.
+Clocks. Shared slots are seconds on the state database's clock, read by the statement that
+books, which answers how long until the slot starts: a caller only measures that wait on its own
+clock, so the machines' clocks need not agree (with callers' clocks, the calls of two machines
+came closer than an interval by as much as their clocks disagreed, and one clock far ahead held
+every other machine back by as much). What stays between a slot and its call going out is the
+time the booking's answer takes to come back, on a local network a millisecond or two.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from __future__ import annotations
 import threading
 import time
 from functools import cached_property
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import requests
 from requests import PreparedRequest, Response
@@ -39,7 +40,9 @@ from requests.adapters import HTTPAdapter
 from sqlalchemy import Column, Float, MetaData, String, Table, case, insert, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
 
 from lienthong.audit.ledger import engine
 from lienthong.settings import settings
@@ -49,31 +52,29 @@ metadata = MetaData()
 rate_slots = Table(
     "rate_slots", metadata,
     Column("name", String(200), primary_key=True),  # the limiter: an Airflow connection id
-    Column("next_at", Float, nullable=False),  # wall-clock seconds at which the next free slot starts
+    Column("next_at", Float, nullable=False),  # the database's clock, in seconds, when the next free slot starts
 )
 
 
 class Slots(Protocol):
-    """A timetable of evenly spaced slots; ``take`` reserves the next one, when it starts."""
+    """A timetable of evenly spaced slots; ``take`` reserves the next one and answers how many
+    seconds from now it starts (0 or less: now)."""
 
-    clock: Callable[[], float]
-
-    def take(self, now: float, interval: float) -> float: ...
+    def take(self, interval: float) -> float: ...
 
 
 class LocalSlots:
     """The slots of one process, on its monotonic clock: no other client shares them."""
 
-    clock = staticmethod(time.monotonic)
-
     def __init__(self) -> None:
         self._next = 0.0
         self._lock = threading.Lock()
 
-    def take(self, now: float, interval: float) -> float:
+    def take(self, interval: float) -> float:
         with self._lock:
+            now = time.monotonic()
             self._next = max(self._next, now) + interval
-            return self._next - interval
+            return self._next - interval - now
 
 
 class SharedSlots:
@@ -85,8 +86,6 @@ class SharedSlots:
     would. On PostgreSQL only the limiter's row is locked, for one statement.
     """
 
-    clock = staticmethod(time.time)
-
     def __init__(self, url: str, name: str) -> None:
         self.url, self.name = url, name
 
@@ -96,18 +95,20 @@ class SharedSlots:
         client built from that connection paces by, whichever worker or machine builds it."""
         return cls(settings().state_db_url, conn_id)
 
-    def take(self, now: float, interval: float) -> float:
+    def take(self, interval: float) -> float:
         """One statement, in autocommit: no lock is held between bookings, nor while a caller
         sleeps until its slot."""
+        now = _DatabaseClock()
         booked = _later(rate_slots.c.next_at, now) + interval
         reserve = (update(rate_slots).where(rate_slots.c.name == self.name).values(next_at=booked)
-                   .returning(rate_slots.c.next_at))
+                   .returning(rate_slots.c.next_at, now))
         with self._store.connect() as conn:
-            next_at = conn.execute(reserve).scalar()
-            if next_at is None:  # the limiter's first call in this database
+            row = conn.execute(reserve).one_or_none()
+            if row is None:  # the limiter's first call in this database
                 _add(conn, self.name)
-                next_at = conn.execute(reserve).scalar_one()
-        return next_at - interval
+                row = conn.execute(reserve).one()
+        next_at, at = row
+        return next_at - interval - at
 
     @cached_property
     def _store(self) -> Engine:
@@ -121,7 +122,24 @@ class SharedSlots:
         return store
 
 
-def _later(booked: ColumnElement[float], now: float) -> ColumnElement[float]:
+class _DatabaseClock(FunctionElement[float]):
+    """Seconds since the epoch on the database server's clock, when the statement runs."""
+
+    type = Float()
+    inherit_cache = True
+
+
+@compiles(_DatabaseClock, "postgresql")
+def _postgresql_clock(element: _DatabaseClock, compiler: Any, **kw: Any) -> str:
+    return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
+
+
+@compiles(_DatabaseClock, "sqlite")
+def _sqlite_clock(element: _DatabaseClock, compiler: Any, **kw: Any) -> str:
+    return "((julianday('now') - 2440587.5) * 86400.0)"  # whole milliseconds, the same all statement long
+
+
+def _later(booked: ColumnElement[float], now: ColumnElement[float]) -> ColumnElement[float]:
     """``max`` in SQL: a CASE, since SQLite's two-argument MAX is PostgreSQL's GREATEST."""
     return case((booked > now, booked), else_=now)
 
@@ -150,10 +168,9 @@ class Pacer:
         """Blocks until this caller's turn: each caller takes the next free slot."""
         if not self.interval:
             return
-        now = self.slots.clock()
-        start = self.slots.take(now, self.interval)
-        if start > now:
-            time.sleep(start - now)
+        delay = self.slots.take(self.interval)
+        if delay > 0:
+            time.sleep(delay)
 
 
 class PacedAdapter(HTTPAdapter):
