@@ -21,6 +21,7 @@ import zeep
 from lxml import etree
 
 from lienthong.connectors import soap
+from lienthong.connectors.pacing import Pacer
 from lienthong.connectors.soap import BatchCall, PopulationVerifier, Subject, Verification, is_transient
 from lienthong.sandbox.faults import FaultConfig
 from lienthong.sandbox.http import ServerThread, free_port
@@ -227,7 +228,7 @@ def test_a_rate_limit_keeps_calls_within_the_service_quota(db: Path) -> None:
         assert {r.status for r in unpaced.verify(subjects)} <= {"match", "unavailable"}
         assert 429 in probe.statuses(), "unpaced calls went over the quota"
     with serve(db, faults=FaultConfig(quota_per_s=20)) as (server, probe):
-        paced = PopulationVerifier(wsdl(server), concurrency=4, batch_size=10, rate_limit=15, **FAST)
+        paced = PopulationVerifier(wsdl(server), concurrency=4, batch_size=10, pacer=Pacer(15), **FAST)
         paced.check()  # the service description is fetched before the clock starts
         start = time.monotonic()
         results = paced.verify(subjects)
@@ -242,7 +243,7 @@ def test_loading_the_service_description_takes_its_slots_as_calls_do(db: Path) -
     verifier's own load and its one call are three requests at four a second, so the third waits
     two intervals (unpaced, both loads went at once, one over the pace each time a task began)."""
     with serve(db) as (server, probe):
-        paced = PopulationVerifier(wsdl(server), batch_size=10, rate_limit=4, **FAST)
+        paced = PopulationVerifier(wsdl(server), batch_size=10, pacer=Pacer(4), **FAST)
         start = time.monotonic()
         paced.check()
         results = paced.verify([subject(c) for c in crowd(10)])

@@ -32,7 +32,7 @@ from __future__ import annotations
 import threading
 import time
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 import requests
 from requests import PreparedRequest, Response
@@ -163,6 +163,13 @@ class Pacer:
             raise ValueError("a rate limit is a number of calls per second, at least 0")
         self.interval = 1 / per_s if per_s else 0.0
         self.slots = slots or LocalSlots()
+
+    @classmethod
+    def of_connection(cls, conn_id: str, extra: Mapping[str, Any]) -> "Pacer":
+        """The connection's quota, its extra ``rate_limit`` (requests a second; none: no limit),
+        kept by the whole deployment: every client built from ``conn_id`` books in one timetable."""
+        per_s = extra.get("rate_limit")
+        return cls(float(per_s) if per_s is not None else None, SharedSlots.of_connection(conn_id))
 
     def wait(self) -> None:
         """Blocks until this caller's turn: each caller takes the next free slot."""

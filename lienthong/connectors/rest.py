@@ -20,7 +20,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from lienthong.connectors.answers import MAX_ANSWER_BYTES, BadAnswer, json_body
 from lienthong.connectors.connection import PORTAL, base_url, get_connection
-from lienthong.connectors.pacing import Pacer, SharedSlots, Slots, paced_session
+from lienthong.connectors.pacing import Pacer, paced_session
 from lienthong.logs import get_logger
 
 log = get_logger(__name__)
@@ -88,11 +88,10 @@ class PortalSink:
         backoff_initial: float = 0.5,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
         concurrency: int = 4,
-        rate_limit: float | None = None,
-        slots: Slots | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
-        """``rate_limit``: requests a second (logins, calls and retries), kept by every sink sharing
-        ``slots``: the sinks of push's threads, partitions and workers, when built from a connection."""
+        """``pacer``: the portal's quota, for every request (logins, calls and retries); by default
+        none. Built from a connection, the sinks of push's threads, partitions and workers share it."""
         self.base_url = base_url.rstrip("/")
         self.concurrency = max(1, concurrency)
         self.max_answer_bytes = max_answer_bytes
@@ -100,7 +99,7 @@ class PortalSink:
         self.timeout = timeout
         self.max_attempts = max_attempts
         self._credentials = {"username": username, "password": password}
-        self._http = paced_session(Pacer(rate_limit, slots))
+        self._http = paced_session(pacer or Pacer())
         self._session: str | None = None
         self._retrying = Retrying(
             stop=stop_after_attempt(max_attempts),
@@ -117,9 +116,9 @@ class PortalSink:
         conn = get_connection(conn_id)
         extra = conn.extra_dejson
         casts = {"batch_size": int, "timeout": float, "max_attempts": int, "backoff_max": float,
-                 "backoff_initial": float, "max_answer_bytes": int, "concurrency": int, "rate_limit": float}
+                 "backoff_initial": float, "max_answer_bytes": int, "concurrency": int}
         tuning = {key: cast(extra[key]) for key, cast in casts.items() if key in extra}
-        return cls(base_url(conn), conn.login, conn.password, **tuning, slots=SharedSlots.of_connection(conn_id))
+        return cls(base_url(conn), conn.login, conn.password, **tuning, pacer=Pacer.of_connection(conn_id, extra))
 
     def push(self, batch: Sequence[dict[str, Any]], service: str = "DongBoHoSoMC") -> list[Ack]:
         """One batch of sealed records to a sync service (DongBoHoSoMC dossiers,

@@ -19,7 +19,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_rand
 
 from lienthong.connectors.answers import MAX_ANSWER_BYTES, BadAnswer, json_body
 from lienthong.connectors.connection import base_url, get_connection
-from lienthong.connectors.pacing import Pacer, SharedSlots, Slots, paced_session
+from lienthong.connectors.pacing import Pacer, paced_session
 from lienthong.connectors.soap import is_transient
 from lienthong.connectors.sources import Probe, cursor_of, flatten, offered, paged
 from lienthong.connectors.streams import Cursor, Stream
@@ -45,16 +45,15 @@ class RestSource:
 
     def __init__(self, base: str, stream: Stream, auth: AuthBase | None = None, timeout: float = 30,
                  max_attempts: int = 5, max_answer_bytes: int = MAX_ANSWER_BYTES,
-                 rate_limit: float | None = None, slots: Slots | None = None) -> None:
-        """``rate_limit``: requests a second (pages and retries), kept by every client sharing
-        ``slots``."""
+                 pacer: Pacer | None = None) -> None:
+        """``pacer``: the system's quota, for every request (pages and retries); by default none."""
         if not stream.resource:
             raise ValueError(f"stream {stream.name!r} names no REST resource")
         self.url = f"{base.rstrip('/')}{stream.resource}"
         self.stream = stream
         self.timeout = timeout
         self.max_answer_bytes = max_answer_bytes
-        self._session = paced_session(Pacer(rate_limit, slots))
+        self._session = paced_session(pacer or Pacer())
         self._session.auth = auth
         self._session.headers["Accept"] = "application/json"
         self._retrying = Retrying(stop=stop_after_attempt(max(1, max_attempts)),
@@ -74,9 +73,8 @@ class RestSource:
         elif conn.login:
             auth = HTTPBasicAuth(conn.login, conn.password or "")
         options = {name: kind(extra[name]) for name, kind in (
-            ("timeout", float), ("max_attempts", int), ("max_answer_bytes", int), ("rate_limit", float))
-            if name in extra}
-        return cls(base_url(conn), stream, auth, **options, slots=SharedSlots.of_connection(conn_id))
+            ("timeout", float), ("max_attempts", int), ("max_answer_bytes", int)) if name in extra}
+        return cls(base_url(conn), stream, auth, **options, pacer=Pacer.of_connection(conn_id, extra))
 
     def read(self, after: Cursor | None, batch_size: int | None = None
              ) -> Iterator[list[tuple[Cursor, dict[str, Any]]]]:

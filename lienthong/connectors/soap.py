@@ -30,7 +30,7 @@ from zeep.transports import Transport
 
 from lienthong.connectors.answers import MAX_ANSWER_BYTES, BadAnswer, read_body
 from lienthong.connectors.connection import POPULATION, base_url, get_connection
-from lienthong.connectors.pacing import Pacer, SharedSlots, Slots, paced_session
+from lienthong.connectors.pacing import Pacer, paced_session
 from lienthong.connectors.remembered import Remembered
 from lienthong.logs import get_logger
 
@@ -367,10 +367,9 @@ class PopulationVerifier:
     def __init__(self, wsdl_url: str, concurrency: int = 4, batch_size: int = 100, timeout: float = 10,
                  max_attempts: int = 5, backoff: float = 0.5, max_backoff: float = 8,
                  cache_size: int = 200_000, max_answer_bytes: int = MAX_ANSWER_BYTES,
-                 rate_limit: float | None = None, slots: Slots | None = None) -> None:
-        """``rate_limit``: requests a second (calls, retries and the WSDL's loading), kept by every
-        client sharing ``slots`` (the state database's when built from a connection); without
-        ``slots``, by this one alone."""
+                 pacer: Pacer | None = None) -> None:
+        """``pacer``: the service's quota, for every request (calls, retries and the WSDL's loading);
+        by default none."""
         if not 1 <= batch_size <= 100:
             raise ValueError("batch_size must be between 1 and 100, the service's limit")
         self.wsdl_url = wsdl_url
@@ -380,7 +379,7 @@ class PopulationVerifier:
         self.max_attempts = max(1, max_attempts)
         self.backoff, self.max_backoff = backoff, max_backoff
         self.max_answer_bytes = max_answer_bytes
-        self.pacer = Pacer(rate_limit, slots)
+        self.pacer = pacer or Pacer()
         self._session = paced_session(self.pacer, pool_maxsize=self.concurrency)
         self._call: BatchCall | None = None
         self._call_lock = threading.Lock()
@@ -398,9 +397,9 @@ class PopulationVerifier:
         extra = conn.extra_dejson
         options = {name: kind(extra[name]) for name, kind in (
             ("concurrency", int), ("batch_size", int), ("timeout", float), ("max_attempts", int),
-            ("max_answer_bytes", int), ("cache_size", int), ("rate_limit", float)) if name in extra}
+            ("max_answer_bytes", int), ("cache_size", int)) if name in extra}
         return cls(f"{base_url(conn)}{extra.get('path', '/population')}?wsdl", **options,
-                   slots=SharedSlots.of_connection(conn_id))
+                   pacer=Pacer.of_connection(conn_id, extra))
 
     def check(self) -> list[str]:
         """Load the WSDL now, in one attempt, and name its operations: the connection test (raises on failure)."""

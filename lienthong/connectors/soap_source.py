@@ -18,7 +18,7 @@ from zeep.xsd import ComplexType
 
 from lienthong.connectors.answers import MAX_ANSWER_BYTES
 from lienthong.connectors.connection import base_url, get_connection
-from lienthong.connectors.pacing import Pacer, SharedSlots, Slots, paced_session
+from lienthong.connectors.pacing import Pacer, paced_session
 from lienthong.connectors.soap import is_transient, safe_client
 from lienthong.connectors.sources import Probe, cursor_of, flatten, paged
 from lienthong.connectors.streams import Cursor, Stream
@@ -33,9 +33,9 @@ class SoapSource:
 
     def __init__(self, wsdl_url: str, stream: Stream, elements: dict[str, str] | None = None,
                  timeout: float = 30, max_attempts: int = 5, max_answer_bytes: int = MAX_ANSWER_BYTES,
-                 rate_limit: float | None = None, slots: Slots | None = None) -> None:
-        """``rate_limit``: requests a second (pages, retries and the WSDL's loading), kept by every
-        client sharing ``slots``."""
+                 pacer: Pacer | None = None) -> None:
+        """``pacer``: the system's quota, for every request (pages, retries and the WSDL's loading);
+        by default none."""
         if not stream.operation:
             raise ValueError(f"stream {stream.name!r} names no SOAP operation")
         self.wsdl_url = wsdl_url
@@ -46,7 +46,7 @@ class SoapSource:
         self._retrying = Retrying(stop=stop_after_attempt(max(1, max_attempts)),
                                   wait=wait_random_exponential(multiplier=0.5, max=8),
                                   retry=retry_if_exception(is_transient), reraise=True)
-        self._session = paced_session(Pacer(rate_limit, slots))
+        self._session = paced_session(pacer or Pacer())
         self._client: zeep.Client | None = None
 
     @classmethod
@@ -57,10 +57,9 @@ class SoapSource:
         extra = conn.extra_dejson
         elements = {key: str(extra[key]) for key in ELEMENTS if key in extra}
         options = {name: kind(extra[name]) for name, kind in (
-            ("timeout", float), ("max_attempts", int), ("max_answer_bytes", int), ("rate_limit", float))
-            if name in extra}
+            ("timeout", float), ("max_attempts", int), ("max_answer_bytes", int)) if name in extra}
         return cls(f"{base_url(conn)}{extra.get('path', '/')}?wsdl", stream, elements, **options,
-                   slots=SharedSlots.of_connection(conn_id))
+                   pacer=Pacer.of_connection(conn_id, extra))
 
     def read(self, after: Cursor | None, batch_size: int | None = None
              ) -> Iterator[list[tuple[Cursor, dict[str, Any]]]]:
