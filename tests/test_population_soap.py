@@ -317,8 +317,10 @@ def test_processes_sharing_the_state_database_keep_one_quota_between_them(
     interval, calls = 1 / SHARED_PER_S, 2 * SHARED_CALLS
     assert statuses == ["match"] * 10 * calls
     assert probe.statuses().count(200) == calls and 429 not in probe.statuses()
-    # booked on the database's clock, seen on the workers': as far apart as the booking's answer took
-    assert min(b - a for a, b in zip(booked, booked[1:])) >= interval - 0.005
+    # Booked on the database's clock and seen on the workers' as the booking came back: late by a
+    # few milliseconds on a loaded machine (7 ms seen). Two timetables would put the two workers'
+    # slots together, gaps near 0.
+    assert min(b - a for a, b in zip(booked, booked[1:])) >= interval * 0.75
     assert all(r >= b - 0.002 for b, r in zip(booked, released)), "no call goes before its slot"
     assert released[-1] - started >= (calls - 1) * interval
 
