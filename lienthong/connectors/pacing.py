@@ -8,7 +8,7 @@ verifier, the portal sink, the SOAP and REST sources) sends through a :func:`pac
 which waits only when the connection sets a ``rate_limit``.
 
 The quota is the agency's, so the spacing is the deployment's: a pacer built on the state
-database (:class:`SharedSlots`, what a verifier built from an Airflow connection uses) shares one
+database (:class:`SharedSlots`, what a client built from an Airflow connection uses) shares one
 timetable with every thread, process and machine pacing under the same name, so Celery workers
 and the partitions of a run verifying at once together keep the connection's ``rate_limit``.
 Each call reserves the next free slot with one atomic ``UPDATE ... RETURNING`` (SQLite 3.35+ and
@@ -89,12 +89,6 @@ class SharedSlots:
     def __init__(self, url: str, name: str) -> None:
         self.url, self.name = url, name
 
-    @classmethod
-    def of_connection(cls, conn_id: str) -> "SharedSlots":
-        """The timetable of an Airflow connection's quota, in the deployment's state database: what a
-        client built from that connection paces by, whichever worker or machine builds it."""
-        return cls(settings().state_db_url, conn_id)
-
     def take(self, interval: float) -> float:
         """One statement, in autocommit: no lock is held between bookings, nor while a caller
         sleeps until its slot."""
@@ -169,7 +163,7 @@ class Pacer:
         """The connection's quota, its extra ``rate_limit`` (requests a second; none: no limit),
         kept by the whole deployment: every client built from ``conn_id`` books in one timetable."""
         per_s = extra.get("rate_limit")
-        return cls(float(per_s) if per_s is not None else None, SharedSlots.of_connection(conn_id))
+        return cls(float(per_s) if per_s is not None else None, SharedSlots(settings().state_db_url, conn_id))
 
     def wait(self) -> None:
         """Blocks until this caller's turn: each caller takes the next free slot."""
