@@ -92,7 +92,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     else:
         console.print(f"  ledger: {ledger['runs_checked']} run(s) and {ledger['records_checked']:,} record outcomes "
                       "verified (signed, time-stamped, chained)")
-    console.print("  auditors: `lienthong audit runs`, `lienthong audit trace CODE`, `lienthong audit export RUN --out DIR`")
+    console.print("  auditors: `lienthong audit runs`, `lienthong audit trace CODE`, "
+                  "`lienthong audit export RUN --out DIR`")
     console.print(f"  Airflow's log of the runs: {summary['log_file']}")
 
 
@@ -181,7 +182,8 @@ def sandbox_up(
                 services.seed_system(s, system, records)
         for name in SERVICES:
             console.print(f"{name:>12}: {sandbox.url(name)}")
-        console.print("fault switches: PUT {\"latency_ms\": .., \"error_rate\": .., \"lose_reply_rate\": .., \"cut_rate\": ..} "
+        console.print("fault switches: PUT {\"latency_ms\": .., \"error_rate\": .., "
+                      "\"lose_reply_rate\": .., \"cut_rate\": ..} "
                       "to <service>/_sandbox/faults (GET shows them and what struck)")
         console.print("Airflow connections for this sandbox:")
         for conn_id, conn in conns.items():

@@ -102,7 +102,8 @@ def register_examples(s: Settings, on_note: Callable[[str], None]) -> list[str]:
     return [r.name for r in sorted(routes, key=lambda r: (r.connector_id, r.target.name != "dossier_sync", r.name))]
 
 
-def run_demo(records: int, on_progress: Progress | None = None, on_note: Callable[[str], None] = print) -> dict[str, Any]:
+def run_demo(records: int, on_progress: Progress | None = None,
+             on_note: Callable[[str], None] = print) -> dict[str, Any]:
     from lienthong.registry.store import Registry
     from lienthong.sandbox.portal import sandbox_stats
     from lienthong.signing.keys import init_keys

@@ -27,15 +27,18 @@ def outcome(key: str, kind: str) -> dict[str, Any]:
     return {"record_key": key, "source_id": key.split("-")[-1], "source_hash": "0" * 64, "payload_hash": "1" * 64,
             "version": "v-" + key if kind != PENDING else None, "outcome": kind,
             "reasons": [{"field": "MaDoiTuong", "rule": "personal_id_birth_year",
-                         "message": "MaDoiTuong 001090012345 does not match the birth year"}] if kind == QUARANTINED else None,
+                         "message": "MaDoiTuong 001090012345 does not match the birth year"}]
+                       if kind == QUARANTINED else None,
             "signature": "eyJ.sig." + key if acked else None, "signer": "x5t" if acked else None,
             "ack_code": 0 if acked else None, "ack_status": "stored" if acked else None,
-            "acked_at": dt.datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=dt.timezone(dt.timedelta(hours=7))) if acked else None}
+            "acked_at": dt.datetime(2026, 1, 2, 3, 4, 5, 678,
+                                    tzinfo=dt.timezone(dt.timedelta(hours=7))) if acked else None}
 
 
 def settle(ledger: Ledger, run_id: str, keys: Path, records: list[dict[str, Any]], seal: Any = None) -> None:
     ledger.start_run(run_id, "huyen__dossiers", "huyen__dossiers", run_id, None)
-    counts = {"pulled": len(records), **{k: sum(r["outcome"] == k for r in records) for k in (ACKNOWLEDGED, QUARANTINED, PENDING)}}
+    counts = {"pulled": len(records),
+              **{k: sum(r["outcome"] == k for r in records) for k in (ACKNOWLEDGED, QUARANTINED, PENDING)}}
     ledger.settle(run_id, records, SUCCESS, Cursor.of(dt.datetime(2026, 1, 1), len(records)), counts,
                   {"personal_id_birth_year": counts[QUARANTINED]}, facts=FACTS, seal=seal or platform_sealer(keys))
 

@@ -27,7 +27,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 # The test command runs pytest-xdist workers side by side: each has its own PostgreSQL database
 # (scripts/ensure-postgres.sh makes them), as each test has its own folder.
-PG_DATABASE = "lienthong_test" + (f"_{os.environ['PYTEST_XDIST_WORKER']}" if "PYTEST_XDIST_WORKER" in os.environ else "")
+PG_DATABASE = "lienthong_test" + (f"_{os.environ['PYTEST_XDIST_WORKER']}"
+                                  if "PYTEST_XDIST_WORKER" in os.environ else "")
 POSTGRES = ("DRIVER={PostgreSQL Unicode};SERVER=127.0.0.1;PORT=5432;"
             f"DATABASE={PG_DATABASE};UID=lienthong;PWD=lienthong")
 

@@ -64,7 +64,8 @@ def approve_examples(s: Settings, *names: str) -> None:
         registry.approve(registry.register(EXAMPLES_DIR / name, "e2e-test")[0], "e2e-test")
 
 
-def account_for_every_dossier(w: World, route: str, run_ids: Iterable[str], dossier_conn_str: str | None = None) -> dict[str, int]:
+def account_for_every_dossier(w: World, route: str, run_ids: Iterable[str],
+                              dossier_conn_str: str | None = None) -> dict[str, int]:
     """The end of every bad day, from the sandbox's own records and the ledger: each good dossier
     acknowledged and stored by the portal exactly once, each bad one quarantined, none pending,
     no run left open, and the ledger verifying. Returns the figures for the test's message."""

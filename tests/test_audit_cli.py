@@ -29,7 +29,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 def audit(s: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LIENTHONG_HOME": str(s.home), "LIENTHONG_STATE_DB": s.state_db_url}
-    return subprocess.run([LIENTHONG, "audit", *args], capture_output=True, text=True, env=env, timeout=120, check=False)
+    return subprocess.run([LIENTHONG, "audit", *args], capture_output=True, text=True, env=env, timeout=120,
+                          check=False)
 
 
 def test_runs_show_and_trace(home: Settings) -> None:

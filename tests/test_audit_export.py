@@ -142,7 +142,8 @@ def test_a_stamped_bundle_verifies_after_the_platform_certificate_expired(state_
 
 @pytest.mark.parametrize("chunk", [2, 3])  # a tie at a leaf within a page, and across two
 def test_a_bundle_written_a_chunk_at_a_time_is_the_run_in_leaf_order(state_db_url: str, keys: Path, tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     chunk: int) -> None:
     ledger = three_runs(state_db_url, keys)
     whole = report.export(ledger, "run-1", tmp_path / "whole", keys_dir=keys)
     monkeypatch.setattr(ledger_module, "INSERT_CHUNK", chunk)

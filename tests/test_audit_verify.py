@@ -44,7 +44,8 @@ def test_an_untouched_ledger_verifies(ledger: Ledger, keys: Path) -> None:
     result = report.verify(ledger, keys_dir=keys)
     assert (result.runs_checked, result.records_checked) == (3, 12)
     assert report.run_detail(ledger, "run-1")["manifest"]["prev_manifest_hash"] is None
-    assert report.run_detail(ledger, "run-2")["manifest"]["prev_manifest_hash"] == report.run_detail(ledger, "run-1")["manifest_hash"]
+    assert (report.run_detail(ledger, "run-2")["manifest"]["prev_manifest_hash"]
+            == report.run_detail(ledger, "run-1")["manifest_hash"])
 
 
 def test_reasons_are_masked_before_they_are_hashed(ledger: Ledger, keys: Path) -> None:
@@ -66,7 +67,8 @@ def test_a_changed_outcome_with_a_recomputed_leaf_hash_is_still_caught(ledger: L
 
     row = next(o for o in ledger.outcomes("run-2") if o["record_key"] == "H40-5")
     forged = merkle.leaf_hash(leaf_bytes({**row, "ack_status": "duplicate"})).hex()
-    sql(ledger, "UPDATE record_outcomes SET ack_status = 'duplicate', leaf_hash = :h WHERE run_id = 'run-2' AND record_key = 'H40-5'", h=forged)
+    sql(ledger, "UPDATE record_outcomes SET ack_status = 'duplicate', leaf_hash = :h "
+                "WHERE run_id = 'run-2' AND record_key = 'H40-5'", h=forged)
     assert ("run-2", "H40-5", v.RECORD_CHANGED) in problems(ledger, keys, "run-2")
 
 
@@ -76,7 +78,8 @@ def test_a_changed_outcome_with_a_recomputed_leaf_hash_is_still_caught(ledger: L
 ])
 def test_a_changed_or_removed_batch_signature_names_every_record_that_carries_it(
         ledger: Ledger, keys: Path, tamper: str) -> None:
-    settle(ledger, "run-4", keys, [{**outcome(f"H40-{i}", ACKNOWLEDGED), "signature": "eyJ.batch"} for i in (11, 12, 13)])
+    settle(ledger, "run-4", keys,
+           [{**outcome(f"H40-{i}", ACKNOWLEDGED), "signature": "eyJ.batch"} for i in (11, 12, 13)])
     sql(ledger, tamper)
     assert problems(ledger, keys) == {("run-4", f"H40-{i}", v.RECORD_CHANGED) for i in (11, 12, 13)} | {
         ("run-4", None, v.ROOT_MISMATCH)}
@@ -111,7 +114,8 @@ def test_a_removed_last_record_is_caught(ledger: Ledger, keys: Path) -> None:
 
 def test_the_quick_check_counts_each_runs_records_but_recomputes_none(ledger: Ledger, keys: Path) -> None:
     def quick() -> set[tuple]:
-        return {(p.run_id, p.record_key, p.kind) for p in report.verify(ledger, every_record=False, keys_dir=keys).problems}
+        return {(p.run_id, p.record_key, p.kind)
+                for p in report.verify(ledger, every_record=False, keys_dir=keys).problems}
 
     sql(ledger, "UPDATE record_outcomes SET outcome = 'acknowledged' WHERE run_id = 'run-1' AND record_key = 'H40-1'")
     assert quick() == set()  # a changed record: only recomputing it finds it
@@ -203,7 +207,8 @@ def test_a_deleted_time_stamp_is_reported(ledger: Ledger, keys: Path) -> None:
 
 
 def test_a_time_stamp_of_another_run_is_refused(ledger: Ledger, keys: Path) -> None:
-    sql(ledger, "UPDATE run_manifests SET timestamp = :t WHERE run_id = 'run-1'", t=ledger.manifest("run-2")["timestamp"])
+    sql(ledger, "UPDATE run_manifests SET timestamp = :t WHERE run_id = 'run-1'",
+        t=ledger.manifest("run-2")["timestamp"])
     found = report.verify(ledger, "run-1", keys_dir=keys).problems
     assert [(p.run_id, p.kind) for p in found] == [("run-1", v.BAD_TIMESTAMP)]
     assert "imprint" in found[0].message

@@ -110,7 +110,8 @@ def tsa(home: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     with ServerThread(sandbox_tsa.create_app(home.sandbox_dir)) as server:
         monkeypatch.setenv(f"AIRFLOW_CONN_{connection.TSA.upper()}", json.dumps({
             "conn_type": "http", "host": "127.0.0.1", "port": server.port, "schema": "http",
-            "extra": {"path": sandbox_tsa.PATH, "ca_file": str(sandbox_tsa.TsaFiles.in_dir(home.sandbox_dir / "tsa").ca_cert)},
+            "extra": {"path": sandbox_tsa.PATH,
+                      "ca_file": str(sandbox_tsa.TsaFiles.in_dir(home.sandbox_dir / "tsa").ca_cert)},
         }))
         yield server.url
 
@@ -259,7 +260,8 @@ def test_a_run_longer_than_the_page_lists_its_first_records_in_leaf_order(
               "message": f"personal ID {PERSONAL_ID} does not match the birth year 1985"}
     codes = [f"H40.01-261201-{i:04d}" for i in range(7)]
     _settle(ledger, FIRST_RUN, ROUTE, [
-        _outcome(code, QUARANTINED, reasons=[bad_id]) if i in (1, 3, 4, 6) else _outcome(code, ACKNOWLEDGED, ack=(0, "stored"))
+        _outcome(code, QUARANTINED, reasons=[bad_id]) if i in (1, 3, 4, 6)
+        else _outcome(code, ACKNOWLEDGED, ack=(0, "stored"))
         for i, code in enumerate(codes)], home.keys_dir)
     client = TestClient(web.create_app(lambda: Ledger(state_db_url)))
 

@@ -41,9 +41,11 @@ def test_demo_json_accounts_for_every_record_and_a_second_demo_moves_nothing(tmp
         assert r["pulled"] == r["acknowledged"] + r["quarantined"] and r["pending"] == 0
         if r["target"] == "dossier_sync":
             key = r["answer_key"]
-            assert r["pulled"] == 300 and key["bad_quarantined_for_their_reason"] == key["bad_pulled"] == r["quarantined"] == 9
+            assert (r["pulled"] == 300
+                    and key["bad_quarantined_for_their_reason"] == key["bad_pulled"] == r["quarantined"] == 9)
             assert key["good_quarantined"] == []
-    assert summary["portal"]["dossiers"] == sum(r["acknowledged"] for r in routes.values() if r["target"] == "dossier_sync")
+    assert summary["portal"]["dossiers"] == sum(r["acknowledged"] for r in routes.values()
+                                                if r["target"] == "dossier_sync")
     assert summary["portal"]["progress"] == routes["stp_h40__status"]["acknowledged"]
     assert summary["ledger"] == {"runs_checked": 4, "records_checked": sum(r["pulled"] for r in routes.values()),
                                  "problems": []}
@@ -62,7 +64,8 @@ def test_demo_json_accounts_for_every_record_and_a_second_demo_moves_nothing(tmp
     bundle = next((tmp_path / "bundles").iterdir())
     checked = subprocess.run(["sh", "verify.sh"], cwd=bundle, capture_output=True, text=True, timeout=300,
                              env={"PATH": "/usr/bin:/bin"})
-    assert checked.returncode == 0 and "ok: time stamp" in checked.stdout and checked.stdout.strip().endswith("VERIFIED"), \
+    assert (checked.returncode == 0 and "ok: time stamp" in checked.stdout
+            and checked.stdout.strip().endswith("VERIFIED")), \
         checked.stdout
 
     secrets = secrets_of(Settings(home=home, state_db_url=f"sqlite:///{home / 'state.db'}"),

@@ -247,7 +247,8 @@ def test_a_bad_day_of_20000_dossiers_through_airflow_with_every_fault_at_once(
         assert "dossier database dropped the connection" in airflow_logs, killer.killed
         assert all(f"push, partition {k} of 4" in airflow_logs for k in range(1, 5))
         struck = _struck(w, "portal")
-        assert all(struck.get(fault, 0) > 0 for fault in ("error", "stall", "lose_reply", "cut", "expire_sessions")), struck
+        assert all(struck.get(fault, 0) > 0
+                   for fault in ("error", "stall", "lose_reply", "cut", "expire_sessions")), struck
         assert _struck(w, "population")["error"] > 0
         # The portal saw again records it had already stored (lost replies, cuts, stalls) and kept one copy.
         assert figures["portal_duplicates"] > 0, figures

@@ -19,7 +19,8 @@ from lienthong.connectors.streams import Cursor
 
 def _outcome(key: str, outcome: str, version: str | None = None) -> dict:
     return {"record_key": key, "source_id": key[-1], "source_hash": "0" * 64, "version": version,
-            "outcome": outcome, "reasons": [{"field": "X", "rule": "r", "message": "X: bad"}] if outcome == QUARANTINED else None,
+            "outcome": outcome,
+            "reasons": [{"field": "X", "rule": "r", "message": "X: bad"}] if outcome == QUARANTINED else None,
             "signature": None, "signer": None, "ack_code": 0 if outcome == ACKNOWLEDGED else None,
             "ack_status": "stored" if outcome == ACKNOWLEDGED else None,
             "acked_at": dt.datetime.now(dt.timezone.utc) if outcome == ACKNOWLEDGED else None}

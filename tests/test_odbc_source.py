@@ -63,7 +63,8 @@ def test_keyset_pages_read_everything_once_across_tied_timestamps(dossier_conn_s
 
 def test_databases_without_limit_get_the_sql_2008_row_limit() -> None:
     source = OdbcSource("DRIVER={ODBC Driver 18 for SQL Server};SERVER=db", STREAM)
-    assert source.select_sql(None, 5).endswith(" ORDER BY t.\"updated_at\", t.\"id\" OFFSET 0 ROWS FETCH NEXT 5 ROWS ONLY")
+    assert source.select_sql(None, 5).endswith(" ORDER BY t.\"updated_at\", t.\"id\" "
+                                               "OFFSET 0 ROWS FETCH NEXT 5 ROWS ONLY")
 
 
 def test_cursor_in_the_middle_of_a_tie_resumes_exactly_after_it(dossier_conn_str: str) -> None:

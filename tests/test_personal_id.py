@@ -9,7 +9,8 @@ def test_sixty_three_province_codes() -> None:
     assert PROVINCES["001"] == "Hà Nội" and PROVINCES["096"] == "Cà Mau"
 
 
-@pytest.mark.parametrize(("year", "gender", "digit"), [(1985, "M", 0), (1985, "F", 1), (2003, "M", 2), (2003, "F", 3), (2101, "F", 5)])
+@pytest.mark.parametrize(("year", "gender", "digit"),
+                         [(1985, "M", 0), (1985, "F", 1), (2003, "M", 2), (2003, "F", 3), (2101, "F", 5)])
 def test_century_and_gender_digit(year: int, gender: str, digit: int) -> None:
     assert century_gender_digit(year, gender) == digit
 

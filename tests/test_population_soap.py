@@ -442,7 +442,8 @@ PLAIN = ["<p:KetQua><p:MaYeuCau>0</p:MaYeuCau><p:MaKetQua>KHOP</p:MaKetQua><p:Mo
     (_answer(), True),
     (_answer(*PLAIN[:1], "<p:KetQua><p:MaKetQua>KHOP</p:MaKetQua></p:KetQua>"), False),  # MoTa missing
     (_answer(*PLAIN[:1], '<p:KetQua><p:MaKetQua x="1">KHOP</p:MaKetQua><p:MoTa/></p:KetQua>'), False),
-    (_answer("<p:KetQua><p:MaKetQua>KHOP</p:MaKetQua><!-- c --><p:MoTa>m</p:MoTa></p:KetQua>"), True),  # parser drops it
+    (_answer("<p:KetQua><p:MaKetQua>KHOP</p:MaKetQua><!-- c -->"
+             "<p:MoTa>m</p:MoTa></p:KetQua>"), True),  # parser drops it
     (_answer("<p:KetQua><p:MoTa>m</p:MoTa><p:MaKetQua>KHOP</p:MaKetQua></p:KetQua>"), False),  # out of order
     (_answer("<p:KetQua><p:MaKetQua>KHOP</p:MaKetQua><p:MoTa>m</p:MoTa><p:X/></p:KetQua>"), False),
     (_answer("<p:KetQua><p:MaKetQua><p:MoTa>m</p:MoTa></p:MaKetQua><p:MoTa>m</p:MoTa></p:KetQua>"), False),

@@ -188,7 +188,8 @@ def test_versions(registry: Registry, tmp_path: Path) -> None:
 
     # A change of the mapping alone is a change of the connector too.
     mapping = path.parent / "dossier.yaml"
-    mapping.write_text((MAPPINGS_DIR / "dossier.yaml").read_text(encoding="utf-8").replace("version: 1", "version: 2", 1),
+    mapping.write_text((MAPPINGS_DIR / "dossier.yaml").read_text(encoding="utf-8")
+                       .replace("version: 1", "version: 2", 1),
                        encoding="utf-8")
     assert registry.register(path, "agency") == (connector_id, 3, True)
     assert registry.version(connector_id).status == REGISTERED

@@ -57,13 +57,15 @@ def sandbox(staged_home: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     portal_app = FailAfter(portal.create_app(staged_home.sandbox_dir / "portal.db",
                                              load_trust_store(staged_home.keys_dir), users), allowed=6)
     staged_home.sandbox_dir.mkdir(parents=True, exist_ok=True)
-    with ServerThread(population.create_app(staged_home.sandbox_dir / "population.db")) as pop, ServerThread(portal_app) as web:
+    with (ServerThread(population.create_app(staged_home.sandbox_dir / "population.db")) as pop,
+          ServerThread(portal_app) as web):
         conns = {
             connection.DOSSIER_DB: services.dossier_db_connection(staged_home),
             connection.POPULATION: {"conn_type": "http", "host": "127.0.0.1", "port": pop.port},
             connection.PORTAL: {"conn_type": "http", "host": "127.0.0.1", "port": web.port, "login": "lgsp",
                                 "password": "secret-password",
-                                "extra": {"batch_size": 100, "max_attempts": 2, "backoff_initial": 0.01, "backoff_max": 0.02}},
+                                "extra": {"batch_size": 100, "max_attempts": 2, "backoff_initial": 0.01,
+                                          "backoff_max": 0.02}},
         }
         for conn_id, conn in conns.items():
             monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
@@ -241,7 +243,8 @@ def test_a_range_left_unpulled_holds_the_cursor_at_its_start_and_the_next_run_se
     again = stages.record(ROUTE, second)
     # The middle range and the last one again: the last one's acknowledged records are not resent.
     assert again["pulled"] == 700 and again["pending"] == 0
-    assert again["already_acknowledged"] == sum(1 for o in ledger.outcomes(first)[500:] if o["outcome"] == "acknowledged")
+    assert again["already_acknowledged"] == sum(1 for o in ledger.outcomes(first)[500:]
+                                                 if o["outcome"] == "acknowledged")
     stats = portal.sandbox_stats(url)
     assert stats["duplicates"] == 0
     assert stats["dossiers"] == delivered + again["acknowledged"] - again["already_acknowledged"]

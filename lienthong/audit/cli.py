@@ -45,7 +45,8 @@ def runs(route: Optional[str] = typer.Option(None, "--route", help="only this ro
         return _json(rows)
     table = Table(title="runs")
     for column in ("run", "route", "status", "finished", "seq", "pulled", "ack", "quarantined", "pending", "seal"):
-        table.add_column(column, justify="right" if column in ("seq", "pulled", "ack", "quarantined", "pending") else "left")
+        table.add_column(column, justify="right" if column in ("seq", "pulled", "ack", "quarantined", "pending")
+                         else "left")
     for r in rows:
         counts = r["counts"] or {}
         seal = ("signed+stamped" if r["stamped"] else "signed, unstamped") if r["sealed"] else "-"
@@ -102,7 +103,8 @@ def trace(code: str = typer.Argument(..., help="the dossier code (MaHoSo)"), as_
         raise typer.Exit(1)
     for s in steps:
         out.print(f"run {s['run_id']} ({s['route']}, {s['run_status']}, started {s['started_at']})", highlight=False)
-        out.print(f"  outcome {s['outcome']}; source row {s['source_hash']}; payload {s['payload_hash']}", highlight=False)
+        out.print(f"  outcome {s['outcome']}; source row {s['source_hash']}; "
+                  f"payload {s['payload_hash']}", highlight=False)
         for r in s["reasons"] or []:
             out.print(f"  reason {r['rule']}: {r['message']}", highlight=False)
         if s["version"]:
@@ -116,7 +118,8 @@ def trace(code: str = typer.Argument(..., help="the dossier code (MaHoSo)"), as_
 
 @audit_app.command()
 def verify(run_id: Optional[str] = typer.Argument(None, metavar="[RUN]"),
-           all_runs: bool = typer.Option(False, "--all", help="every run and every route's chain (the default)")) -> None:
+           all_runs: bool = typer.Option(False, "--all",
+                                         help="every run and every route's chain (the default)")) -> None:
     """Recompute records, Merkle roots, signatures, time stamps and chains; exit 1 on any problem."""
     from lienthong.audit import report
 

@@ -275,7 +275,8 @@ class Ledger:
         where = [outcomes.c.run_id == run_id] + ([outcomes.c.outcome == outcome] if outcome else [])
         if in_leaf_order:
             pages = itertools.chain(
-                self._pages(where + [outcomes.c.leaf_index.is_not(None)], (outcomes.c.leaf_index, outcomes.c.id), chunk),
+                self._pages(where + [outcomes.c.leaf_index.is_not(None)], (outcomes.c.leaf_index, outcomes.c.id),
+                            chunk),
                 self._pages(where + [outcomes.c.leaf_index.is_(None)], (outcomes.c.id,), chunk))
         else:
             pages = self._pages(where, (outcomes.c.id,), chunk)
@@ -381,7 +382,8 @@ def _row_leaf(row: dict[str, Any]) -> bytes:
     return merkle.leaf_hash(manifest.leaf_bytes(row))
 
 
-def _leaf_rows(run_id: str, route: str, records: Iterable[dict[str, Any]], tree: merkle.Tree) -> Iterator[dict[str, Any]]:
+def _leaf_rows(run_id: str, route: str, records: Iterable[dict[str, Any]],
+               tree: merkle.Tree) -> Iterator[dict[str, Any]]:
     """The stored rows of ``records``, each with its place in ``tree`` and its audit path."""
     index = -1
     for index, record in enumerate(records):
@@ -402,7 +404,8 @@ def _stored_outcomes() -> Select:
     (null where the signature row is missing, which verify then finds as a changed record)."""
     columns = [c for c in outcomes.c if c is not outcomes.c.signature_digest]
     return (select(*columns, batch_signatures.c.jws.label("signature"))
-            .select_from(outcomes.outerjoin(batch_signatures, outcomes.c.signature_digest == batch_signatures.c.digest)))
+            .select_from(outcomes.outerjoin(batch_signatures,
+                                            outcomes.c.signature_digest == batch_signatures.c.digest)))
 
 
 def _signatures_stored_apart(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

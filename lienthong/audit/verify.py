@@ -92,7 +92,8 @@ def _check_chains(chain: list[dict[str, Any]], known_runs: set[str] | None) -> I
             prev = None
         run_id = m["run_id"]
         if known_runs is not None and run_id not in known_runs:
-            yield Problem(run_id, None, RUN_REMOVED, f"the run's manifest (seq {m['seq']}) is sealed but its run row is gone")
+            yield Problem(run_id, None, RUN_REMOVED,
+                          f"the run's manifest (seq {m['seq']}) is sealed but its run row is gone")
         expected = prev["seq"] + 1 if prev else 1
         if m["seq"] > expected:
             after = f"after run {prev['run_id']} (seq {prev['seq']})" if prev else "at the start of the chain"
@@ -185,7 +186,8 @@ def _check_records(rows: Iterable[dict[str, Any]], doc: dict[str, Any], problem:
     missing = [i for i, key in enumerate(keys) if key is None]
     for i in missing:
         around = [keys[j] for j in (i - 1, i + 1) if 0 <= j < size and keys[j] is not None]
-        problem(RECORD_REMOVED, f"leaf {i} of {size} is missing" + (f" (next to {', '.join(around)})" if around else ""))
+        problem(RECORD_REMOVED,
+                f"leaf {i} of {size} is missing" + (f" (next to {', '.join(around)})" if around else ""))
     if not missing and merkle.Tree([leaves]).root != root:
         problem(ROOT_MISMATCH, "the records recomputed do not give the signed Merkle root")
     _check_counts(tally, doc.get("counts") or {}, problem)

@@ -27,7 +27,8 @@ def show(result: dict[str, Any], console: Console) -> None:
     for column in ("way", "records", "seconds", "records/s", "ratio"):
         yardsticks.add_column(column, justify="left" if column == "way" else "right")
     for way, key, ratio in (("naive (record by record)", "naive", f"route {result['naive_ratio']}x faster"),
-                            ("floor (ODBC + canonical JSON + SHA-256)", "floor", f"route {result['floor_ratio']}x slower")):
+                            ("floor (ODBC + canonical JSON + SHA-256)", "floor",
+                             f"route {result['floor_ratio']}x slower")):
         r = result[key]
         yardsticks.add_row(way, f"{r['records']:,}", f"{r['seconds']:.2f}", f"{r['records_per_s']:,.0f}", ratio)
     console.print(yardsticks)

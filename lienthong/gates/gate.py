@@ -131,7 +131,8 @@ def evaluate(records: Sequence[dict[str, Any]], suite_file: str) -> list[Verdict
             verdicts.append(Verdict(QUARANTINE, reasons))
         elif verification is not None and verification["status"] == "unavailable":
             verdicts.append(Verdict(PENDING, [{"field": "MaDoiTuong", "rule": "verification_unavailable",
-                                               "message": "MaDoiTuong: population database did not answer; retried next run"}]))
+                                               "message": "MaDoiTuong: population database did not answer; "
+                                                          "retried next run"}]))
         else:
             verdicts.append(Verdict(PASS))
     return verdicts
@@ -165,7 +166,8 @@ def _verification_reasons(subject: dict[str, Any], verification: dict[str, Any])
                 for f in verification.get("fields") or []]
     if status == "invalid":
         if not subject.get("personal_id") and not subject.get("full_name"):
-            return [{"field": "ChuHoSo", "rule": "applicant_missing", "message": "ChuHoSo: the dossier has no applicant"}]
+            return [{"field": "ChuHoSo", "rule": "applicant_missing",
+                     "message": "ChuHoSo: the dossier has no applicant"}]
         return [{"field": "MaDoiTuong", "rule": "citizen_data_invalid",
                  "message": "MaDoiTuong: applicant data incomplete or malformed, cannot be verified"}]
     return []

@@ -85,7 +85,8 @@ def submit(path: Path, keys_dir: Path) -> Submission:
     return Submission(doc, manifest, mappings)
 
 
-def _mapping(doc: YamlDoc, loc: list[str | int], stream: mf.ManifestStream) -> tuple[StreamMapping | None, list[Problem]]:
+def _mapping(doc: YamlDoc, loc: list[str | int],
+             stream: mf.ManifestStream) -> tuple[StreamMapping | None, list[Problem]]:
     path = mapping_path(Path(doc.file).parent, stream.mapping)
     if path is None:
         return None, [doc.problem(loc, f"no mapping file {stream.mapping!r} next to the manifest "

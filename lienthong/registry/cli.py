@@ -60,7 +60,8 @@ def register(file: Path = typer.Argument(..., help="the manifest (YAML)"), by: O
 
 @connectors_app.command()
 def check(connector_id: str = typer.Argument(..., metavar="ID"),
-          version: Optional[int] = typer.Option(None, help="default: the version awaiting approval, else the live one")) -> None:
+          version: Optional[int] = typer.Option(None, help="default: the version awaiting approval, "
+                                                           "else the live one")) -> None:
     """Connect to the system for real and compare what it offers with the manifest and mapping."""
     from lienthong.mappings.spec import MappingSpec
     from lienthong.registry.live import check_stream

@@ -88,7 +88,8 @@ class YamlDoc:
         except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, a lone surrogate)
             char = chr(exc.character) if isinstance(exc.character, int) else str(exc.character)
             line = text.count("\n", 0, max(text.find(char), 0)) + 1  # its position may count bytes
-            raise Invalid([Problem(file, line, "", f"not valid YAML: character U+{ord(char):04X} is not allowed")]) from None
+            raise Invalid([Problem(file, line, "",
+                                   f"not valid YAML: character U+{ord(char):04X} is not allowed")]) from None
         except yaml.YAMLError as exc:
             raise Invalid([Problem(file, 1, "", f"not valid YAML: {exc}")]) from None
         return cls(file, text, data, root)

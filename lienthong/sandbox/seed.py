@@ -121,7 +121,8 @@ class _Maker:
         middle = rng.choice(FEMALE_MIDDLE if gender == "F" else MALE_MIDDLE)
         name = f"{self.faker.last_name()} {middle} {first}"
         born = dt.date(1940, 1, 1) + dt.timedelta(days=rng.randrange(0, 365 * 66))
-        pid = make_personal_id(rng.choice(list(PROVINCES)), born.year, gender, applicant_id * 7919 + rng.randrange(7919))
+        pid = make_personal_id(rng.choice(list(PROVINCES)), born.year, gender,
+                               applicant_id * 7919 + rng.randrange(7919))
         applicant = Applicant(
             id=applicant_id, personal_id=pid, full_name=name, date_of_birth=born, gender=gender,
             address=self.faker.address().replace("\n", ", "),
@@ -213,7 +214,8 @@ def generate(count: int, seed: int = 20250701, first_dossier_id: int = 1,
         )
         for n in range(rng.randrange(1, 4)):
             name = f"{dossier.code}_{n + 1}.pdf"
-            dossier.documents.append((doc_id, dossier_id, name, hashlib.sha256(name.encode()).hexdigest(), int(rng.random() < 0.8)))
+            dossier.documents.append((doc_id, dossier_id, name, hashlib.sha256(name.encode()).hexdigest(),
+                                      int(rng.random() < 0.8)))
             doc_id += 1
         dossier.history.append((dossier_id * 10, dossier_id, "Cán bộ một cửa", "Chuyên viên",
                                 "Bộ phận tiếp nhận và trả kết quả", received, "Tiếp nhận hồ sơ", "DA_TIEP_NHAN"))

@@ -84,7 +84,8 @@ class TokenKey(ec.EllipticCurvePrivateKey):
     """An EC private key that signs inside the token: cryptography's interface, so that PyJWT and
     :class:`Signer` use it as they use a file key."""
 
-    def __init__(self, session: pkcs11.Session, handle: pkcs11.PrivateKey, public_key: ec.EllipticCurvePublicKey) -> None:
+    def __init__(self, session: pkcs11.Session, handle: pkcs11.PrivateKey,
+                 public_key: ec.EllipticCurvePublicKey) -> None:
         self._session = session
         self._handle = handle
         self._public = public_key
