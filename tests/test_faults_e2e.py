@@ -166,33 +166,43 @@ class Warnings(logging.Handler):
 
 
 class ConnectionKiller(threading.Thread):
-    """Ends every other session on the dossier database, again and again, as a failover would.
+    """Ends other sessions on the dossier database, again and again, as a failover would.
 
     A session younger than ``older_than_s`` is spared: a database that drops every connection
     before it can read one batch is down, not flaky, and the source rightly gives up on it; how
     young that is depends on how busy the machine is, so the test gives each session a fixed span.
+    ``states`` and ``query_like`` aim the kills at a moment the reader will notice, and
+    ``at_most`` keeps them under the source's reconnect attempts however they fall.
     """
 
-    def __init__(self, every_s: float, older_than_s: float = 0.0, between_queries: bool = False) -> None:
-        """``between_queries``: only sessions resting between two queries (idle, or idle in their
-        transaction), so every kill lands between batches, whatever the machine's speed."""
+    def __init__(self, every_s: float, older_than_s: float = 0.0, states: list[str] | None = None,
+                 query_like: str = "%", at_most: int | None = None) -> None:
         super().__init__(daemon=True)
         self.every_s, self.older_than_s, self.killed, self._halt = every_s, older_than_s, 0, threading.Event()
-        self.states = ["idle", "idle in transaction"] if between_queries else None
+        self.states, self.query_like, self.at_most = states, query_like, at_most
 
     def run(self) -> None:
         with psycopg.connect(f"postgresql://lienthong:lienthong@127.0.0.1:5432/{PG_DATABASE}", autocommit=True) as conn:
-            while not self._halt.wait(self.every_s):
-                rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            while not self._halt.wait(self.every_s) and (self.at_most is None or self.killed < self.at_most):
+                left = None if self.at_most is None else self.at_most - self.killed
+                rows = conn.execute("SELECT pg_terminate_backend(pid) FROM ("
+                                    "SELECT pid FROM pg_stat_activity "
                                     "WHERE datname = %s AND pid <> pg_backend_pid() "
                                     "AND backend_start < clock_timestamp() - make_interval(secs => %s) "
-                                    "AND (%s::text[] IS NULL OR state = ANY(%s::text[]))",
-                                    (PG_DATABASE, self.older_than_s, self.states, self.states)).fetchall()
+                                    "AND (%s::text[] IS NULL OR state = ANY(%s::text[])) "
+                                    "AND query LIKE %s LIMIT %s) aimed",
+                                    (PG_DATABASE, self.older_than_s, self.states, self.states, self.query_like,
+                                     left)).fetchall()
                 self.killed += sum(1 for (ok,) in rows if ok)
 
     def stop(self) -> None:
         self._halt.set()
         self.join()
+
+
+# Sessions resting between two queries (idle, or idle in their transaction): a kill there lands
+# between batches, whatever the machine's speed.
+BETWEEN_QUERIES = ["idle", "idle in transaction"]
 
 
 @pytest.mark.postgres
@@ -204,7 +214,7 @@ def test_a_dossier_database_dropping_the_connection_between_batches_loses_nothin
         # while each part is written; in one page of 10,000 there would be nothing between.
         monkeypatch.setattr(odbc, "QUERY_ROWS", 100)
         warnings = Warnings("lienthong.connectors.odbc")
-        killer = ConnectionKiller(every_s=0.005, older_than_s=0.1, between_queries=True)
+        killer = ConnectionKiller(every_s=0.005, older_than_s=0.1, states=BETWEEN_QUERIES)
         killer.start()
         try:
             runs = _sync_until_settled()
@@ -232,7 +242,11 @@ def test_a_bad_day_of_20000_dossiers_through_airflow_with_every_fault_at_once(
         _faults(w, "portal", latency_ms=5, error_rate=0.05, stall_rate=0.05, stall_ms=1500, lose_reply_rate=0.05,
                 cut_rate=0.05, expire_sessions_rate=0.05)
         _faults(w, "population", error_rate=0.1, error_status=429, latency_ms=20)
-        killer = ConnectionKiller(every_s=1.0)
+        # Each partition's pull is one keyset query (5,000 rows, under a page of QUERY_ROWS), whose
+        # result the driver holds whole: a session killed after it answered is never noticed, so
+        # the kills land while that query runs; three stay under the source's reconnect attempts.
+        killer = ConnectionKiller(every_s=0.005, states=["active"], query_like=f"%LIMIT {odbc.QUERY_ROWS}",
+                                  at_most=3)
         killer.start()
         try:
             results = run_routes(w.settings, [ROUTE])
