@@ -10,6 +10,7 @@ import socketserver
 import threading
 from typing import Iterator
 
+import psycopg
 import pyodbc
 import pytest
 
@@ -19,6 +20,7 @@ from lienthong.connectors.streams import Cursor, Stream
 from lienthong.demo import EXAMPLES_DIR
 from lienthong.registry import manifest
 from lienthong.sandbox import dossier_db, seed
+from tests.conftest import PG_DATABASE
 
 _MANIFEST = manifest.read(EXAMPLES_DIR / "so-tu-phap.yaml")
 STREAM = _MANIFEST.source_stream(_MANIFEST.streams[0])
@@ -221,3 +223,52 @@ def test_a_connection_dropped_while_it_opens_is_opened_again(dossier_conn_str: s
 
     assert dropping_proxy.accepted == 3  # two dropped, the third read everything
     assert sorted(row["id"] for _, row in rows) == sorted(d.id for d in made.dossiers)
+
+
+def _cut_in_three(conn_str: str) -> OdbcSource:
+    _seeded(conn_str, 700)
+    return OdbcSource(conn_str, STREAM.model_copy(update={"page_size": 100}))
+
+
+@pytest.mark.parametrize("dossier_conn_str", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_a_split_whose_connection_drops_while_it_opens_cuts_on_the_next(dossier_conn_str: str,
+                                                                         dropping_proxy: _DroppingProxy) -> None:
+    direct = _cut_in_three(dossier_conn_str)
+    port = dropping_proxy.server_address[1]
+    proxied = OdbcSource(dossier_conn_str.replace("PORT=5432", f"PORT={port}"), direct.stream)
+
+    cuts = proxied.split(None, 3)
+
+    assert dropping_proxy.accepted == 3  # two dropped, the third cut
+    assert len(cuts) == 2 and cuts == direct.split(None, 3)
+
+
+@pytest.mark.parametrize("dossier_conn_str", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_a_split_whose_connection_drops_mid_count_starts_over_on_a_new_one(
+        dossier_conn_str: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A failover while the split counts: the count is held on a lock until its session is ended,
+    so the drop lands mid-query whatever the machine's speed."""
+    source = _cut_in_three(dossier_conn_str)
+    expected = source.split(None, 3)
+    url = f"postgresql://lienthong:lienthong@127.0.0.1:5432/{PG_DATABASE}"
+    cuts: list[Cursor] = []
+    with psycopg.connect(url, autocommit=True) as admin, psycopg.connect(url) as blocker:
+        blocker.execute(f'LOCK TABLE "{STREAM.table}" IN ACCESS EXCLUSIVE MODE')
+        splitting = threading.Thread(target=lambda: cuts.extend(source.split(None, 3)), daemon=True)
+        splitting.start()
+        killed = False
+        # The count waiting for the lock (psqlODBC sends it as "BEGIN;SELECT COUNT(*) ..."): end
+        # its session, as a failover would.
+        for _ in range(600):
+            killed = bool(admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                "AND wait_event_type = 'Lock' AND query LIKE '%%SELECT COUNT(*) FROM%%'", (PG_DATABASE,)).fetchall())
+            if killed:
+                break
+            threading.Event().wait(0.05)
+        blocker.rollback()  # the lock is let go: the new session's count goes through
+        splitting.join(timeout=60)
+
+    assert killed
+    assert any("dossier database dropped the connection" in r.getMessage() for r in caplog.records)
+    assert len(cuts) == 2 and cuts == expected

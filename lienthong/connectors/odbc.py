@@ -56,6 +56,17 @@ def _lost(exc: pyodbc.Error) -> ConnectionLost:
     return ConnectionLost(str(exc.args[0]) if exc.args else type(exc).__name__)
 
 
+def _wait_or_give_up(exc: ConnectionLost, failures: int) -> None:
+    """Pauses before the next attempt after ``failures`` drops in a row, with backoff and jitter, or
+    gives up with the driver's own error: a database dropping every connection is down, not flaky."""
+    if failures > RECONNECT_ATTEMPTS:
+        raise exc.__cause__ from None
+    pause = min(RECONNECT_BACKOFF_MAX_S, RECONNECT_BACKOFF_S * 2 ** failures) * random.uniform(0.5, 1)
+    log.warning("dossier database dropped the connection (%s); reconnecting in %.1f s, attempt %d of %d",
+                exc, pause, failures, RECONNECT_ATTEMPTS)
+    time.sleep(pause)
+
+
 def _alive(conn: pyodbc.Connection) -> bool:
     """Drivers do not all say "connection lost" in a standard way (psqlODBC may report a failed
     internal savepoint), so a failed statement is followed by a trivial one: if that fails too,
@@ -112,16 +123,27 @@ class OdbcSource:
     def from_connection(cls, stream: Stream, conn_id: str = DOSSIER_DB) -> "OdbcSource":
         return cls(connection_string_for(conn_id), stream)
 
-    @contextmanager
-    def connect(self) -> Iterator[pyodbc.Connection]:
-        conn = self._open()
-        try:
-            yield conn
-        finally:
-            conn.close()
-
     def _open(self) -> pyodbc.Connection:
         return pyodbc.connect(self._connection_string, autocommit=False)
+
+    @contextmanager
+    def _session(self) -> Iterator[pyodbc.Connection]:
+        """A connection whose loss, while it opens (a restart, an idle-killer) or mid-use, comes out
+        as :class:`ConnectionLost`, which the caller answers by trying again; any other error is
+        the driver's own."""
+        try:
+            conn = self._open()
+        except pyodbc.Error as exc:
+            if connection_lost(exc):
+                raise _lost(exc) from exc
+            raise
+        with closing(conn):
+            try:
+                yield conn
+            except pyodbc.Error as exc:
+                if connection_lost(exc) or not _alive(conn):
+                    raise _lost(exc) from exc
+                raise
 
     def select_sql(self, after: Cursor | None, rows: int | None = None, until: Cursor | None = None) -> str:
         """At most ``rows`` (default :data:`QUERY_ROWS`) after ``after`` and up to ``until``
@@ -158,11 +180,22 @@ class OdbcSource:
         A count, then one query a cut (an offset in the (cursor, key) index); rows written
         after the cut land after the last cut, where the last range, which has no end, reads them
         as a single pull would. No range is smaller than a page (one part), as a run pulled in one
-        pass is not split into partitions of less than a part."""
+        pass is not split into partitions of less than a part. A connection dropped during the
+        cutting (a failover) is opened again, as :meth:`read`'s is, and the cutting starts over:
+        no cut is kept until all are made."""
+        failures = 0
+        while True:
+            try:
+                return self._split_once(after, ranges)
+            except ConnectionLost as exc:
+                failures += 1
+                _wait_or_give_up(exc, failures)
+
+    def _split_once(self, after: Cursor | None, ranges: int) -> list[Cursor]:
         cursor, key = self._position_columns()
         window, params = self._window(after, None), self.positional(after)
         cuts: list[Cursor] = []
-        with self.connect() as conn:
+        with self._session() as conn:
             cur = conn.cursor()
             count = cur.execute(f"SELECT COUNT(*) FROM {_quote(self.stream.table)} t{window}", params).fetchone()[0]
             size = max(math.ceil(count / max(1, ranges)), self.stream.page_size)
@@ -216,55 +249,39 @@ class OdbcSource:
                 return
             except ConnectionLost as exc:
                 failures += 1
-                if failures > RECONNECT_ATTEMPTS:
-                    raise exc.__cause__ from None
-                pause = min(RECONNECT_BACKOFF_MAX_S, RECONNECT_BACKOFF_S * 2 ** failures) * random.uniform(0.5, 1)
-                log.warning("dossier database dropped the connection (%s); reconnecting in %.1f s, attempt %d of %d",
-                            exc, pause, failures, RECONNECT_ATTEMPTS)
-                time.sleep(pause)
+                _wait_or_give_up(exc, failures)
 
     def _read_once(self, after: Cursor | None, size: int,
                    until: Cursor | None) -> Iterator[list[tuple[Cursor, dict[str, Any]]]]:
         """One connection's reading: keyset pages of :data:`QUERY_ROWS` until one comes back short."""
-        try:
-            conn = self._open()
-        except pyodbc.Error as exc:  # dropped while it was being opened: a restart, an idle-killer
-            if connection_lost(exc):
-                raise _lost(exc) from exc
-            raise
-        with closing(conn):
-            try:
-                cur = conn.cursor()
-                while True:
-                    cur.execute(self.select_sql(after, until=until), self.positional(after, until))
-                    names = [self._column_name(d[0]) for d in cur.description]
-                    read = 0
-                    while rows := cur.fetchmany(size):
-                        # The key and cursor lead every SELECT list (see select_sql).
-                        batch = [
-                            (
-                                Cursor.of(row[1], row[0]),
-                                {name: json_safe(value) for name, value in zip(names, row)},
-                            )
-                            for row in rows
-                        ]
-                        self._attach_children(conn, [row for _, row in batch])
-                        read += len(batch)
-                        after = batch[-1][0]
-                        yield batch
-                    if read < QUERY_ROWS:
-                        return
-            except pyodbc.Error as exc:
-                if connection_lost(exc) or not _alive(conn):
-                    raise _lost(exc) from exc
-                raise
+        with self._session() as conn:
+            cur = conn.cursor()
+            while True:
+                cur.execute(self.select_sql(after, until=until), self.positional(after, until))
+                names = [self._column_name(d[0]) for d in cur.description]
+                read = 0
+                while rows := cur.fetchmany(size):
+                    # The key and cursor lead every SELECT list (see select_sql).
+                    batch = [
+                        (
+                            Cursor.of(row[1], row[0]),
+                            {name: json_safe(value) for name, value in zip(names, row)},
+                        )
+                        for row in rows
+                    ]
+                    self._attach_children(conn, [row for _, row in batch])
+                    read += len(batch)
+                    after = batch[-1][0]
+                    yield batch
+                if read < QUERY_ROWS:
+                    return
 
     def columns(self) -> dict[str, list[str]]:
         """The columns each table of the stream really has (the hook's test_connection)."""
         tables = [self.stream.table, *(j.table for j in self.stream.joins)]
         tables += [c.table for c in self.stream.children.values()]
         found: dict[str, list[str]] = {}
-        with self.connect() as conn:
+        with closing(self._open()) as conn:
             cur = conn.cursor()
             for table in tables:
                 cur.execute(f"SELECT * FROM {_quote(table)} WHERE 1 = 0")
