@@ -71,7 +71,9 @@ def trust(keys: Path) -> TrustStore:
     return load_trust_store(keys)
 
 
-POSTGRES_STATE_DB = f"postgresql+psycopg://lienthong:lienthong@127.0.0.1:5432/{PG_DATABASE}"
+# The same database for libpq (psycopg) and for SQLAlchemy.
+POSTGRES_URL = f"postgresql://lienthong:lienthong@127.0.0.1:5432/{PG_DATABASE}"
+POSTGRES_STATE_DB = POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

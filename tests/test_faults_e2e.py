@@ -31,7 +31,7 @@ from lienthong.connectors.rest import PortalUnavailable
 from lienthong.demo import run_routes
 from lienthong.routes import stages
 from lienthong.sandbox import dossier_db, services
-from tests.conftest import PG_DATABASE, POSTGRES
+from tests.conftest import PG_DATABASE, POSTGRES, POSTGRES_URL
 from tests.e2e import World, account_for_every_dossier, world
 
 pytestmark = pytest.mark.slow
@@ -182,7 +182,7 @@ class ConnectionKiller(threading.Thread):
         self.states, self.query_like, self.at_most = states, query_like, at_most
 
     def run(self) -> None:
-        with psycopg.connect(f"postgresql://lienthong:lienthong@127.0.0.1:5432/{PG_DATABASE}", autocommit=True) as conn:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             while not self._halt.wait(self.every_s) and (self.at_most is None or self.killed < self.at_most):
                 left = None if self.at_most is None else self.at_most - self.killed
                 rows = conn.execute("SELECT pg_terminate_backend(pid) FROM ("

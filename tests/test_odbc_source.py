@@ -8,6 +8,7 @@ import re
 import socket
 import socketserver
 import threading
+import time
 from typing import Iterator
 
 import psycopg
@@ -20,7 +21,7 @@ from lienthong.connectors.streams import Cursor, Stream
 from lienthong.demo import EXAMPLES_DIR
 from lienthong.registry import manifest
 from lienthong.sandbox import dossier_db, seed
-from tests.conftest import PG_DATABASE
+from tests.conftest import PG_DATABASE, POSTGRES_URL
 
 _MANIFEST = manifest.read(EXAMPLES_DIR / "so-tu-phap.yaml")
 STREAM = _MANIFEST.source_stream(_MANIFEST.streams[0])
@@ -250,9 +251,8 @@ def test_a_split_whose_connection_drops_mid_count_starts_over_on_a_new_one(
     so the drop lands mid-query whatever the machine's speed."""
     source = _cut_in_three(dossier_conn_str)
     expected = source.split(None, 3)
-    url = f"postgresql://lienthong:lienthong@127.0.0.1:5432/{PG_DATABASE}"
     cuts: list[Cursor] = []
-    with psycopg.connect(url, autocommit=True) as admin, psycopg.connect(url) as blocker:
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin, psycopg.connect(POSTGRES_URL) as blocker:
         blocker.execute(f'LOCK TABLE "{STREAM.table}" IN ACCESS EXCLUSIVE MODE')
         splitting = threading.Thread(target=lambda: cuts.extend(source.split(None, 3)), daemon=True)
         splitting.start()
@@ -260,12 +260,12 @@ def test_a_split_whose_connection_drops_mid_count_starts_over_on_a_new_one(
         # The count waiting for the lock (psqlODBC sends it as "BEGIN;SELECT COUNT(*) ..."): end
         # its session, as a failover would.
         for _ in range(600):
-            killed = bool(admin.execute(
+            killed = any(ok for (ok,) in admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
-                "AND wait_event_type = 'Lock' AND query LIKE '%%SELECT COUNT(*) FROM%%'", (PG_DATABASE,)).fetchall())
+                "AND wait_event_type = 'Lock' AND query LIKE '%%SELECT COUNT(*) FROM%%'", (PG_DATABASE,)))
             if killed:
                 break
-            threading.Event().wait(0.05)
+            time.sleep(0.05)
         blocker.rollback()  # the lock is let go: the new session's count goes through
         splitting.join(timeout=60)
 
