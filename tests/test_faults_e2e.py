@@ -245,8 +245,8 @@ def test_a_bad_day_of_20000_dossiers_through_airflow_with_every_fault_at_once(
         # Each partition's pull is one keyset query (5,000 rows, under a page of QUERY_ROWS), whose
         # result the driver holds whole: a session killed after it answered is never noticed, so
         # the kills land while that query runs; three stay under the source's reconnect attempts.
-        killer = ConnectionKiller(every_s=0.005, states=["active"], query_like=f"%LIMIT {odbc.QUERY_ROWS}",
-                                  at_most=3)
+        killer = ConnectionKiller(every_s=0.005, states=["active"], at_most=3,
+                                  query_like=f"%FETCH NEXT {odbc.QUERY_ROWS} ROWS ONLY")
         killer.start()
         try:
             results = run_routes(w.settings, [ROUTE])

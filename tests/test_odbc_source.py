@@ -9,6 +9,7 @@ import socket
 import socketserver
 import threading
 import time
+from pathlib import Path
 from typing import Iterator
 
 import psycopg
@@ -16,12 +17,12 @@ import pyodbc
 import pytest
 
 from lienthong.connectors import odbc
-from lienthong.connectors.odbc import OdbcSource, connection_string
+from lienthong.connectors.odbc import OdbcSource, connection_string, dbms_name
 from lienthong.connectors.streams import Cursor, Stream
 from lienthong.demo import EXAMPLES_DIR
 from lienthong.registry import manifest
 from lienthong.sandbox import dossier_db, seed
-from tests.conftest import PG_DATABASE, POSTGRES_URL
+from tests.conftest import PG_DATABASE, POSTGRES_URL, sqlite_connection_string
 
 _MANIFEST = manifest.read(EXAMPLES_DIR / "so-tu-phap.yaml")
 STREAM = _MANIFEST.source_stream(_MANIFEST.streams[0])
@@ -36,6 +37,11 @@ def _seeded(conn_str: str, count: int) -> seed.Seed:
 
 def _pull(source: OdbcSource, after: Cursor | None, size: int) -> list[tuple[Cursor, dict]]:
     return [item for batch in source.read(after, size) for item in batch]
+
+
+def _dbms(conn_str: str) -> str:
+    with pyodbc.connect(conn_str) as conn:
+        return dbms_name(conn)
 
 
 def test_reads_everything_once_in_cursor_order_across_tied_timestamps(dossier_conn_str: str) -> None:
@@ -57,17 +63,40 @@ def test_keyset_pages_read_everything_once_across_tied_timestamps(dossier_conn_s
     monkeypatch.setattr(odbc, "QUERY_ROWS", 150)
     made = _seeded(dossier_conn_str, 700)
     source = OdbcSource(dossier_conn_str, STREAM)
-    assert source.select_sql(None).endswith(" LIMIT 150")
+    assert source.select_sql(_dbms(dossier_conn_str), None).endswith((" LIMIT 150", " FETCH NEXT 150 ROWS ONLY"))
     rows = [row for _, row in _pull(source, None, 64)]
     assert sorted(r["id"] for r in rows) == sorted(d.id for d in made.dossiers)
     keys = [(r["updated_at"], r["id"]) for r in rows]
     assert keys == sorted(keys)
 
 
-def test_databases_without_limit_get_the_sql_2008_row_limit() -> None:
-    source = OdbcSource("DRIVER={ODBC Driver 18 for SQL Server};SERVER=db", STREAM)
-    assert source.select_sql(None, 5).endswith(" ORDER BY t.\"updated_at\", t.\"id\" "
-                                               "OFFSET 0 ROWS FETCH NEXT 5 ROWS ONLY")
+@pytest.mark.parametrize(("dbms", "row_limit"), [
+    ("SQLite", "LIMIT 5"), ("MySQL", "LIMIT 5"), ("MariaDB", "LIMIT 5"),
+    # PostgreSQL speaks both: given the standard's form, psqlODBC runs it in every test here.
+    *[(dbms, "OFFSET 0 ROWS FETCH NEXT 5 ROWS ONLY") for dbms in ("PostgreSQL", "Microsoft SQL Server", "Oracle")],
+])
+def test_databases_get_the_row_limit_they_speak(dbms: str, row_limit: str) -> None:
+    sql = OdbcSource("DRIVER={any}", STREAM).select_sql(dbms, None, 5)
+    assert sql.endswith(f' ORDER BY t."updated_at", t."id" {row_limit}')
+
+
+def test_the_row_limit_follows_the_database_not_the_name_its_driver_goes_by(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A province may register its driver under a name of its own, or name the library's path:
+    SQLite's driver behind a name that does not say SQLite still gets LIMIT, which it speaks."""
+    monkeypatch.setattr(odbc, "QUERY_ROWS", 150)
+    with pyodbc.connect(sqlite_connection_string(tmp_path / "dossiers.db")) as conn:
+        dossier_db.create_schema(conn, reset=True)
+    made = _seeded(sqlite_connection_string(tmp_path / "dossiers.db"), 400)
+    (tmp_path / "motcua-odbc.so").symlink_to(next(Path("/usr/lib").glob("*/odbc/libsqlite3odbc.so")))
+    source = OdbcSource(f"DRIVER={tmp_path / 'motcua-odbc.so'};DATABASE={tmp_path / 'dossiers.db'}",
+                        STREAM.model_copy(update={"page_size": 100}))
+    cuts = source.split(None, 2)
+    whole = _pull(source, None, 64)
+    assert sorted(r["id"] for _, r in whole) == sorted(d.id for d in made.dossiers)
+    assert len(cuts) == 1
+    assert [item for a, u in [(None, cuts[0]), (cuts[0], None)] for batch in source.read(a, 64, until=u)
+            for item in batch] == whole
 
 
 def test_cursor_in_the_middle_of_a_tie_resumes_exactly_after_it(dossier_conn_str: str) -> None:
@@ -107,14 +136,14 @@ def test_a_page_after_a_cursor_seeks_the_cursor_index(dossier_conn_str: str) -> 
     source = OdbcSource(dossier_conn_str, STREAM)
     after = _pull(source, None, 50)[25][0]
     with pyodbc.connect(dossier_conn_str) as conn:
-        cur = conn.cursor()
+        cur, sql = conn.cursor(), source.select_sql(dbms_name(conn), after)
         params = [after.parameter(), after.parameter(), after.key]
         if "SQLite" in dossier_conn_str:
-            plan = " ".join(row[-1] for row in cur.execute("EXPLAIN QUERY PLAN " + source.select_sql(after), params))
+            plan = " ".join(row[-1] for row in cur.execute("EXPLAIN QUERY PLAN " + sql, params))
             assert re.search(r"SEARCH t USING (COVERING )?INDEX ix_dossiers_cursor \(updated_at>\?\)", plan), plan
         else:  # a 50-row table is read whole unless told otherwise: what matters is that it can seek
             cur.execute("SET enable_seqscan = off")
-            plan = " ".join(row[0] for row in cur.execute("EXPLAIN " + source.select_sql(after), params))
+            plan = " ".join(row[0] for row in cur.execute("EXPLAIN " + sql, params))
             assert re.search(r"Index Cond: \((t\.)?updated_at >= ", plan), plan
 
 
@@ -137,7 +166,7 @@ def test_values_only_travel_as_parameters(dossier_conn_str: str) -> None:
     _seeded(dossier_conn_str, 5)
     source = OdbcSource(dossier_conn_str, STREAM)
     hostile = Cursor(value="x' OR '1'='1", kind="str", key="0; DROP TABLE dossiers")
-    sql = source.select_sql(hostile)
+    sql = source.select_sql(_dbms(dossier_conn_str), hostile)
     assert "DROP" not in sql and "'1'='1" not in sql and sql.count("?") == 3
     try:
         rows = _pull(source, hostile, 10)

@@ -34,9 +34,10 @@ RECONNECT_BACKOFF_MAX_S = 5.0
 _CONNECTION_LOST = ("08", "57P01", "57P02", "57P03")
 # Rows per query: a driver holding a result whole holds ~13 MB of dossiers, not the table.
 QUERY_ROWS = 10_000
-# Drivers whose databases speak LIMIT; the others get SQL:2008's OFFSET ... FETCH (SQL Server,
-# Oracle, DB2), which SQLite and MySQL do not.
-_LIMIT_DRIVERS = ("sqlite", "postgres", "mysql", "maria")
+# Databases, as their drivers name them (SQL_DBMS_NAME), that get LIMIT because they do not
+# speak SQL:2008's OFFSET ... FETCH (MariaDB only since 10.6); every other one (PostgreSQL, SQL
+# Server, Oracle, DB2) gets the standard's form.
+_LIMIT_DBMS = ("sqlite", "mysql", "mariadb")
 
 # SQLite accepts 32766 parameters per statement and SQL Server 2100: stay well below both.
 _MAX_IN_PARAMETERS = 500
@@ -108,6 +109,19 @@ def connection_string_for(conn_id: str = DOSSIER_DB) -> str:
     return connection_string(get_connection(conn_id))
 
 
+def dbms_name(conn: pyodbc.Connection) -> str:
+    """The database behind ``conn`` as its driver names it (``SQL_DBMS_NAME``: "SQLite",
+    "PostgreSQL", "Microsoft SQL Server"...). The SQL follows it, not the name the driver was
+    registered under in odbcinst.ini, which is the province's choice (or a path to the library)."""
+    return conn.getinfo(pyodbc.SQL_DBMS_NAME)
+
+
+def _page(dbms: str, rows: int, offset: int = 0) -> str:
+    if dbms.lower().startswith(_LIMIT_DBMS):
+        return f" LIMIT {int(rows)}" + (f" OFFSET {int(offset)}" if offset else "")
+    return f" OFFSET {int(offset)} ROWS FETCH NEXT {int(rows)} ROWS ONLY"
+
+
 def _quote(name: str) -> str:
     return f'"{name}"'
 
@@ -145,9 +159,11 @@ class OdbcSource:
                     raise _lost(exc) from exc
                 raise
 
-    def select_sql(self, after: Cursor | None, rows: int | None = None, until: Cursor | None = None) -> str:
+    def select_sql(self, dbms: str, after: Cursor | None, rows: int | None = None,
+                   until: Cursor | None = None) -> str:
         """At most ``rows`` (default :data:`QUERY_ROWS`) after ``after`` and up to ``until``
-        (included), in keyset order; :meth:`positional` gives the parameters."""
+        (included), in keyset order, in the row-limit syntax of ``dbms`` (see :func:`dbms_name`);
+        :meth:`positional` gives the parameters."""
         s = self.stream
         rows = rows or QUERY_ROWS
         base = _quote(s.table)
@@ -164,7 +180,7 @@ class OdbcSource:
         cursor, key = self._position_columns()
         return (
             f"SELECT {', '.join(selected)} FROM {base} t {' '.join(joins)}{self._window(after, until)} "
-            f"ORDER BY {cursor}, {key}{self._page(rows)}"
+            f"ORDER BY {cursor}, {key}{_page(dbms, rows)}"
         )
 
     @staticmethod
@@ -196,12 +212,12 @@ class OdbcSource:
         window, params = self._window(after, None), self.positional(after)
         cuts: list[Cursor] = []
         with self._session() as conn:
-            cur = conn.cursor()
+            cur, dbms = conn.cursor(), dbms_name(conn)
             count = cur.execute(f"SELECT COUNT(*) FROM {_quote(self.stream.table)} t{window}", params).fetchone()[0]
             size = max(math.ceil(count / max(1, ranges)), self.stream.page_size)
             for offset in range(size - 1, count - 1, size):  # the last row is never a cut: no empty range
                 row = cur.execute(f"SELECT {key}, {cursor} FROM {_quote(self.stream.table)} t{window} "
-                                  f"ORDER BY {cursor}, {key}{self._page(1, offset)}", params).fetchone()
+                                  f"ORDER BY {cursor}, {key}{_page(dbms, 1, offset)}", params).fetchone()
                 if row is None:  # rows deleted since they were counted: the last range takes the rest
                     break
                 cuts.append(Cursor.of(row[1], row[0]))
@@ -220,12 +236,6 @@ class OdbcSource:
         clauses = ([f"{cursor} >= ? AND ({cursor} > ? OR {key} > ?)"] if after else []) + (
             [f"{cursor} <= ? AND ({cursor} < ? OR {key} <= ?)"] if until else [])
         return f" WHERE {' AND '.join(clauses)}" if clauses else ""
-
-    def _page(self, rows: int, offset: int = 0) -> str:
-        driver = self._connection_string.split("DRIVER=", 1)[-1].split(";", 1)[0].lower()
-        if any(name in driver for name in _LIMIT_DRIVERS):
-            return f" LIMIT {int(rows)}" + (f" OFFSET {int(offset)}" if offset else "")
-        return f" OFFSET {int(offset)} ROWS FETCH NEXT {int(rows)} ROWS ONLY"
 
     def read(
         self, after: Cursor | None, batch_size: int | None = None, until: Cursor | None = None
@@ -255,9 +265,9 @@ class OdbcSource:
                    until: Cursor | None) -> Iterator[list[tuple[Cursor, dict[str, Any]]]]:
         """One connection's reading: keyset pages of :data:`QUERY_ROWS` until one comes back short."""
         with self._session() as conn:
-            cur = conn.cursor()
+            cur, dbms = conn.cursor(), dbms_name(conn)
             while True:
-                cur.execute(self.select_sql(after, until=until), self.positional(after, until))
+                cur.execute(self.select_sql(dbms, after, until=until), self.positional(after, until))
                 names = [self._column_name(d[0]) for d in cur.description]
                 read = 0
                 while rows := cur.fetchmany(size):
