@@ -7,8 +7,8 @@ STAMP  := $(VENV)/.installed
 # Three workers (pytest-xdist) on two cores: the end-to-end runs spend much of their time waiting
 # on Airflow's child processes and the sandbox's servers (two workers kept 1.3 cores busy).
 # Tests are handed out one at a time, end-to-end runs first (tests/conftest.py), so no worker is
-# left with a queue of two-minute runs while the others idle. scripts/ensure-postgres.sh makes a
-# database for each worker.
+# left with a queue of two-minute runs while the others idle. scripts/ensure-postgres.sh and
+# ensure-mariadb.sh make a database for each worker.
 PYTEST := $(PY) -m pytest -n 3 --maxschedchunk 1
 
 .PHONY: demo test test-quick bench setup system lock clean-data
@@ -18,12 +18,14 @@ demo: setup
 
 test: setup
 	scripts/ensure-postgres.sh
+	scripts/ensure-mariadb.sh
 	@scripts/setup-browser.sh
 	$(PYTEST)
 
 # The quick subset: everything but the end-to-end runs through Airflow.
 test-quick: setup
 	scripts/ensure-postgres.sh
+	scripts/ensure-mariadb.sh
 	@scripts/setup-browser.sh
 	$(PYTEST) -m "not slow"
 

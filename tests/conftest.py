@@ -25,12 +25,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
-# The test command runs pytest-xdist workers side by side: each has its own PostgreSQL database
-# (scripts/ensure-postgres.sh makes them), as each test has its own folder.
-PG_DATABASE = "lienthong_test" + (f"_{os.environ['PYTEST_XDIST_WORKER']}"
-                                  if "PYTEST_XDIST_WORKER" in os.environ else "")
+# The test command runs pytest-xdist workers side by side: each has its own PostgreSQL and MariaDB
+# database (scripts/ensure-postgres.sh and ensure-mariadb.sh make them), as each test has its own
+# folder.
+TEST_DATABASE = "lienthong_test" + (f"_{os.environ['PYTEST_XDIST_WORKER']}"
+                                    if "PYTEST_XDIST_WORKER" in os.environ else "")
 POSTGRES = ("DRIVER={PostgreSQL Unicode};SERVER=127.0.0.1;PORT=5432;"
-            f"DATABASE={PG_DATABASE};UID=lienthong;PWD=lienthong")
+            f"DATABASE={TEST_DATABASE};UID=lienthong;PWD=lienthong")
+MARIADB = ("DRIVER={MariaDB Unicode};SERVER=localhost;SOCKET=/run/mysqld/mysqld.sock;"
+           f"DATABASE={TEST_DATABASE};UID=lienthong;PWD=lienthong")
 
 
 @pytest.fixture
@@ -44,10 +47,12 @@ def sqlite_connection_string(path: Path) -> str:
     return f"DRIVER={{SQLite3}};DATABASE={path}"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres),
+                        pytest.param("mariadb", marks=pytest.mark.mariadb)])
 def dossier_conn_str(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty dossier database behind a real ODBC driver: SQLite3 and psqlODBC."""
-    conn_str = sqlite_connection_string(tmp_path / "dossiers.db") if request.param == "sqlite" else POSTGRES
+    """An empty dossier database behind a real ODBC driver: SQLite3, psqlODBC and MariaDB's."""
+    conn_str = {"sqlite": sqlite_connection_string(tmp_path / "dossiers.db"), "postgres": POSTGRES,
+                "mariadb": MARIADB}[request.param]
     with pyodbc.connect(conn_str, autocommit=False) as conn:
         dossier_db.create_schema(conn, reset=True)
     yield conn_str
@@ -72,11 +77,12 @@ def trust(keys: Path) -> TrustStore:
 
 
 # The same database for libpq (psycopg) and for SQLAlchemy.
-POSTGRES_URL = f"postgresql://lienthong:lienthong@127.0.0.1:5432/{PG_DATABASE}"
+POSTGRES_URL = f"postgresql://lienthong:lienthong@127.0.0.1:5432/{TEST_DATABASE}"
 POSTGRES_STATE_DB = POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres),
+                        pytest.param("mariadb", marks=pytest.mark.mariadb)])
 def state_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The state database through SQLAlchemy: the SQLite default and PostgreSQL by URL."""
     if request.param == "sqlite":

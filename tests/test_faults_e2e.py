@@ -31,7 +31,7 @@ from lienthong.connectors.rest import PortalUnavailable
 from lienthong.demo import run_routes
 from lienthong.routes import stages
 from lienthong.sandbox import dossier_db, services
-from tests.conftest import PG_DATABASE, POSTGRES, POSTGRES_URL
+from tests.conftest import TEST_DATABASE, POSTGRES, POSTGRES_URL
 from tests.e2e import World, account_for_every_dossier, world
 
 pytestmark = pytest.mark.slow
@@ -143,7 +143,7 @@ def _dossiers_on_postgres(w: World, monkeypatch: pytest.MonkeyPatch, count: int)
         dossier_db.create_schema(conn, reset=True)
     services.seed_dossiers(w.settings, POSTGRES, count)
     monkeypatch.setenv(f"AIRFLOW_CONN_{connection.DOSSIER_DB.upper()}", json.dumps({
-        "conn_type": "odbc", "host": "127.0.0.1", "port": 5432, "schema": PG_DATABASE,
+        "conn_type": "odbc", "host": "127.0.0.1", "port": 5432, "schema": TEST_DATABASE,
         "login": "lienthong", "password": "lienthong", "extra": {"driver": "PostgreSQL Unicode"}}))
     return POSTGRES
 
@@ -191,7 +191,7 @@ class ConnectionKiller(threading.Thread):
                                     "AND backend_start < clock_timestamp() - make_interval(secs => %s) "
                                     "AND (%s::text[] IS NULL OR state = ANY(%s::text[])) "
                                     "AND query LIKE %s LIMIT %s) aimed",
-                                    (PG_DATABASE, self.older_than_s, self.states, self.states, self.query_like,
+                                    (TEST_DATABASE, self.older_than_s, self.states, self.states, self.query_like,
                                      left)).fetchall()
                 self.killed += sum(1 for (ok,) in rows if ok)
 

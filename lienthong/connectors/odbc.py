@@ -38,6 +38,9 @@ QUERY_ROWS = 10_000
 # speak SQL:2008's OFFSET ... FETCH (MariaDB only since 10.6); every other one (PostgreSQL, SQL
 # Server, Oracle, DB2) gets the standard's form.
 _LIMIT_DBMS = ("sqlite", "mysql", "mariadb")
+# Databases that read "name" as a string, not as the standard's quoted identifier, unless the
+# session's sql_mode says ANSI_QUOTES.
+_ANSI_QUOTES_OFF_DBMS = ("mysql", "mariadb")
 
 # SQLite accepts 32766 parameters per statement and SQL Server 2100: stay well below both.
 _MAX_IN_PARAMETERS = 500
@@ -137,8 +140,13 @@ class OdbcSource:
     def from_connection(cls, stream: Stream, conn_id: str = DOSSIER_DB) -> "OdbcSource":
         return cls(connection_string_for(conn_id), stream)
 
-    def _open(self) -> pyodbc.Connection:
-        return pyodbc.connect(self._connection_string, autocommit=False)
+    def connect(self) -> pyodbc.Connection:
+        """A connection that reads the source's SQL as the standard has it: its names are quoted
+        "so", which MySQL and MariaDB take for strings until the session is told otherwise."""
+        conn = pyodbc.connect(self._connection_string, autocommit=False)
+        if dbms_name(conn).lower().startswith(_ANSI_QUOTES_OFF_DBMS):
+            conn.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')")
+        return conn
 
     @contextmanager
     def _session(self) -> Iterator[pyodbc.Connection]:
@@ -146,7 +154,7 @@ class OdbcSource:
         as :class:`ConnectionLost`, which the caller answers by trying again; any other error is
         the driver's own."""
         try:
-            conn = self._open()
+            conn = self.connect()
         except pyodbc.Error as exc:
             if connection_lost(exc):
                 raise _lost(exc) from exc
@@ -291,7 +299,7 @@ class OdbcSource:
         tables = [self.stream.table, *(j.table for j in self.stream.joins)]
         tables += [c.table for c in self.stream.children.values()]
         found: dict[str, list[str]] = {}
-        with closing(self._open()) as conn:
+        with closing(self.connect()) as conn:
             cur = conn.cursor()
             for table in tables:
                 cur.execute(f"SELECT * FROM {_quote(table)} WHERE 1 = 0")
