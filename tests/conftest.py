@@ -81,8 +81,7 @@ POSTGRES_URL = f"postgresql://lienthong:lienthong@127.0.0.1:5432/{TEST_DATABASE}
 POSTGRES_STATE_DB = POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres),
-                        pytest.param("mariadb", marks=pytest.mark.mariadb)])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def state_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The state database through SQLAlchemy: the SQLite default and PostgreSQL by URL."""
     if request.param == "sqlite":
