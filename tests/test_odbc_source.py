@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import re
 import socket
@@ -31,12 +32,8 @@ STREAM = _MANIFEST.source_stream(_MANIFEST.streams[0])
 
 def _seeded(conn_str: str, count: int) -> seed.Seed:
     made = seed.generate(count)
-    with pyodbc.connect(conn_str, autocommit=False) as conn:
-        if dbms_name(conn) == "MariaDB":
-            # Debian 12's MariaDB Connector/ODBC (3.1.15) mangles UTF-16 parameters of 128
-            # characters and more, or fails them with "Memory allocation error" (pyodbc issue
-            # 1375): the seed's long texts go in as UTF-8.
-            conn.setencoding(encoding="utf-8")
+    # Through the source's own connection: on MariaDB the seed's long texts need its UTF-8.
+    with closing(OdbcSource(conn_str, STREAM).connect()) as conn:
         dossier_db.insert(conn, made)
     return made
 
@@ -103,6 +100,27 @@ def test_the_row_limit_follows_the_database_not_the_name_its_driver_goes_by(
     assert len(cuts) == 1
     assert [item for a, u in [(None, cuts[0]), (cuts[0], None)] for batch in source.read(a, 64, until=u)
             for item in batch] == whole
+
+
+def test_long_text_keys_on_one_cursor_value_are_each_read_once(dossier_conn_str: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every keyset page but the first starts after a key sent as a parameter. Sent as UTF-16,
+    MariaDB's driver mangled keys of 128 characters and more, and the read ended after one page."""
+    monkeypatch.setattr(odbc, "QUERY_ROWS", 40)
+    keys = [f"{'hồ-sơ-' * 25}{i:04d}" for i in range(300)]
+    assert min(map(len, keys)) > 128
+    source = OdbcSource(dossier_conn_str, Stream(table="long_keys", primary_key="code", cursor_field="revision",
+                                                 columns=["note"], page_size=50))
+    with closing(source.connect()) as conn:
+        conn.execute("DROP TABLE IF EXISTS long_keys")
+        conn.execute("CREATE TABLE long_keys (code VARCHAR(400) PRIMARY KEY, revision INTEGER NOT NULL, "
+                     "note VARCHAR(20))")
+        conn.cursor().executemany("INSERT INTO long_keys VALUES (?, 1, ?)", [(key, "x") for key in keys])
+        conn.commit()
+    # At most 100 batches: a key that does not come back as sent can also start each page where
+    # the last began, and the read would never end.
+    read = [row["code"] for batch in itertools.islice(source.read(None, 16), 100) for _, row in batch]
+    assert sorted(read) == sorted(keys)
 
 
 def test_cursor_in_the_middle_of_a_tie_resumes_exactly_after_it(dossier_conn_str: str) -> None:
